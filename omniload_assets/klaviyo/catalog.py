@@ -1,0 +1,384 @@
+"""The table catalogue: one declarative entry per Klaviyo table.
+
+Everything else (assets, partitions, checks, automation, the simulator's tests) is derived from
+these entries. Facts are from Klaviyo's API reference for revision 2026-10-15 (see
+``../shared/klaviyo/ENDPOINTS.md``); each entry names its endpoint, JSON:API type, keys, strategy,
+how the incremental key can be filtered server-side, page size, rate-limit tier and the DuckDB
+types of the documented attributes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+Strategy = Literal["merge", "replace"]
+Cardinality = Literal["one", "many"]
+
+#: Comparison operators Klaviyo's filter syntax offers on a datetime field.
+GE, GT, LE, LT = "greater-or-equal", "greater-than", "less-or-equal", "less-than"
+
+
+@dataclass(frozen=True)
+class RateLimit:
+    """Klaviyo's per-account fixed-window limits: ``burst`` per second, ``steady`` per minute."""
+
+    tier: str
+    burst_per_s: int
+    steady_per_min: int
+
+
+XL = RateLimit("XL", 350, 3500)
+L = RateLimit("L", 75, 750)
+M = RateLimit("M", 10, 150)
+S = RateLimit("S", 3, 60)
+
+
+@dataclass(frozen=True)
+class TableSpec:
+    """Everything the project knows about one Klaviyo table."""
+
+    name: str
+    path: str
+    resource_type: str
+    description: str
+    scope: str
+    rate_limit: RateLimit
+    #: DuckDB types of the documented attributes (free-form objects are JSON).
+    columns: dict[str, str]
+    strategy: Strategy = "merge"
+    incremental_key: str | None = None
+    #: Operators the endpoint accepts on the incremental key; empty means client-side windowing.
+    filter_operators: frozenset[str] = frozenset()
+    #: Largest ``page[size]``; ``None`` when the endpoint takes no page size.
+    max_page_size: int | None = None
+    #: Relationships whose ids become columns: ``metric`` -> ``metric_id``, many -> ``<rel>_ids``.
+    relationships: dict[str, Cardinality] = field(default_factory=dict)
+    #: Extra query parameters sent on every request.
+    params: dict[str, str] = field(default_factory=dict)
+    #: Filter expressions queried one after another and unioned (e.g. archived and not).
+    filter_variants: tuple[str, ...] = ()
+    primary_key: str = "id"
+
+    @property
+    def asset_name(self) -> str:
+        """``catalog-variants`` -> ``catalog_variants`` (asset key and DuckDB table name)."""
+        return self.name.replace("-", "_")
+
+    @property
+    def partitioned(self) -> bool:
+        return self.strategy == "merge" and self.incremental_key is not None
+
+    @property
+    def server_side_window(self) -> bool:
+        """True when the API can apply at least the lower bound of a window itself."""
+        return bool(self.filter_operators & {GE, GT})
+
+    @property
+    def server_side_upper_bound(self) -> bool:
+        return bool(self.filter_operators & {LT, LE})
+
+    def relationship_column(self, relationship: str) -> str:
+        suffix = "_id" if self.relationships.get(relationship, "one") == "one" else "_ids"
+        return relationship.replace("-", "_") + suffix
+
+    def column_types(self) -> dict[str, str]:
+        """All fixed columns of the table in order: id, attributes, relationship ids."""
+        cols = {self.primary_key: "VARCHAR"}
+        cols.update(self.columns)
+        for rel, card in self.relationships.items():
+            cols[self.relationship_column(rel)] = "VARCHAR" if card == "one" else "JSON"
+        return cols
+
+
+TS = "TIMESTAMPTZ"
+ALL_OPS = frozenset({GE, GT, LE, LT})
+
+TABLES: tuple[TableSpec, ...] = (
+    TableSpec(
+        name="events",
+        path="/api/events",
+        resource_type="event",
+        description="Every event in the account: an action a profile took, such as an order.",
+        scope="events:read",
+        rate_limit=XL,
+        incremental_key="datetime",
+        filter_operators=ALL_OPS,
+        max_page_size=1000,
+        columns={
+            "timestamp": "BIGINT",
+            "datetime": TS,
+            "uuid": "VARCHAR",
+            "event_properties": "JSON",
+        },
+        relationships={"metric": "one", "profile": "one", "attributions": "many"},
+    ),
+    TableSpec(
+        name="profiles",
+        path="/api/profiles",
+        resource_type="profile",
+        description="Every profile: identity, contact details, location and custom properties.",
+        scope="profiles:read",
+        rate_limit=L,
+        incremental_key="updated",
+        filter_operators=frozenset({GT, LT}),
+        max_page_size=100,
+        columns={
+            "email": "VARCHAR",
+            "phone_number": "VARCHAR",
+            "external_id": "VARCHAR",
+            "first_name": "VARCHAR",
+            "last_name": "VARCHAR",
+            "organization": "VARCHAR",
+            "locale": "VARCHAR",
+            "title": "VARCHAR",
+            "image": "VARCHAR",
+            "created": TS,
+            "updated": TS,
+            "last_event_date": TS,
+            "location": "JSON",
+            "properties": "JSON",
+            "subscriptions": "JSON",
+        },
+        # predictive_analytics is left out: asking for it drops the endpoint to 10/s, 150/m.
+        params={"additional-fields[profile]": "subscriptions"},
+    ),
+    TableSpec(
+        name="campaigns",
+        path="/api/campaigns",
+        resource_type="campaign",
+        description="Campaigns of every channel (email, SMS, mobile push), archived ones included.",
+        scope="campaigns:read",
+        rate_limit=M,
+        incremental_key="updated_at",
+        filter_operators=ALL_OPS,
+        max_page_size=100,
+        columns={"created_at": TS, "updated_at": TS, "definition": "JSON"},
+        relationships={"campaign-messages": "many", "tags": "many"},
+        # Archived campaigns are only listed when asked for explicitly.
+        filter_variants=("equals(archived,false)", "equals(archived,true)"),
+    ),
+    TableSpec(
+        name="metrics",
+        path="/api/metrics",
+        resource_type="metric",
+        description="Every metric: a kind of event a profile can perform, with its integration.",
+        scope="metrics:read",
+        rate_limit=M,
+        incremental_key="updated",
+        columns={"name": "VARCHAR", "created": TS, "updated": TS, "integration": "JSON"},
+    ),
+    TableSpec(
+        name="tags",
+        path="/api/tags",
+        resource_type="tag",
+        description="Every tag in the account (replaced whole on each run).",
+        scope="tags:read",
+        rate_limit=S,
+        strategy="replace",
+        max_page_size=50,
+        columns={"name": "VARCHAR"},
+        relationships={"tag-group": "one"},
+    ),
+    TableSpec(
+        name="coupons",
+        path="/api/coupons",
+        resource_type="coupon",
+        description="Every coupon in the account (replaced whole on each run).",
+        scope="coupons:read",
+        rate_limit=L,
+        strategy="replace",
+        max_page_size=100,
+        columns={
+            "external_id": "VARCHAR",
+            "description": "VARCHAR",
+            "monitor_configuration": "JSON",
+            "assigner_configuration": "JSON",
+        },
+    ),
+    TableSpec(
+        name="catalog-variants",
+        path="/api/catalog-variants",
+        resource_type="catalog-variant",
+        description="Every catalog variant (a purchasable version of a catalog item).",
+        scope="catalogs:read",
+        rate_limit=XL,
+        incremental_key="updated",
+        max_page_size=100,
+        columns={
+            "external_id": "VARCHAR",
+            "title": "VARCHAR",
+            "description": "VARCHAR",
+            "sku": "VARCHAR",
+            "inventory_policy": "BIGINT",
+            "inventory_quantity": "DOUBLE",
+            "price": "DOUBLE",
+            "url": "VARCHAR",
+            "image_full_url": "VARCHAR",
+            "image_thumbnail_url": "VARCHAR",
+            "images": "JSON",
+            "custom_metadata": "JSON",
+            "published": "BOOLEAN",
+            "created": TS,
+            "updated": TS,
+        },
+        relationships={"item": "one"},
+    ),
+    TableSpec(
+        name="catalog-categories",
+        path="/api/catalog-categories",
+        resource_type="catalog-category",
+        description="Every catalog category.",
+        scope="catalogs:read",
+        rate_limit=XL,
+        incremental_key="updated",
+        max_page_size=100,
+        columns={"external_id": "VARCHAR", "name": "VARCHAR", "updated": TS},
+    ),
+    TableSpec(
+        name="catalog-items",
+        path="/api/catalog-items",
+        resource_type="catalog-item",
+        description="Every catalog item (a product).",
+        scope="catalogs:read",
+        rate_limit=XL,
+        incremental_key="updated",
+        max_page_size=100,
+        columns={
+            "external_id": "VARCHAR",
+            "title": "VARCHAR",
+            "description": "VARCHAR",
+            "price": "DOUBLE",
+            "url": "VARCHAR",
+            "image_full_url": "VARCHAR",
+            "image_thumbnail_url": "VARCHAR",
+            "images": "JSON",
+            "custom_metadata": "JSON",
+            "published": "BOOLEAN",
+            "created": TS,
+            "updated": TS,
+        },
+    ),
+    TableSpec(
+        name="flows",
+        path="/api/flows",
+        resource_type="flow",
+        description="Every flow: an automated sequence triggered by what a profile does.",
+        scope="flows:read",
+        rate_limit=S,
+        incremental_key="updated",
+        filter_operators=ALL_OPS,
+        max_page_size=50,
+        columns={
+            "name": "VARCHAR",
+            "status": "VARCHAR",
+            "archived": "BOOLEAN",
+            "created": TS,
+            "updated": TS,
+            "trigger_type": "VARCHAR",
+        },
+        relationships={"tags": "many"},
+        filter_variants=("equals(archived,false)", "equals(archived,true)"),
+    ),
+    TableSpec(
+        name="lists",
+        path="/api/lists",
+        resource_type="list",
+        description="Every list of profiles.",
+        scope="lists:read",
+        rate_limit=L,
+        incremental_key="updated",
+        filter_operators=frozenset({GT}),
+        max_page_size=10,
+        columns={"name": "VARCHAR", "created": TS, "updated": TS, "opt_in_process": "VARCHAR"},
+    ),
+    TableSpec(
+        name="images",
+        path="/api/images",
+        resource_type="image",
+        description="Every image uploaded to the account.",
+        scope="images:read",
+        rate_limit=M,
+        incremental_key="updated_at",
+        filter_operators=ALL_OPS,
+        max_page_size=100,
+        columns={
+            "name": "VARCHAR",
+            "image_url": "VARCHAR",
+            "format": "VARCHAR",
+            "size": "BIGINT",
+            "hidden": "BOOLEAN",
+            "updated_at": TS,
+        },
+    ),
+    TableSpec(
+        name="segments",
+        path="/api/segments",
+        resource_type="segment",
+        description="Every segment: a dynamic set of profiles meeting conditions.",
+        scope="segments:read",
+        rate_limit=L,
+        incremental_key="updated",
+        filter_operators=frozenset({GT}),
+        max_page_size=10,
+        columns={
+            "name": "VARCHAR",
+            "definition": "JSON",
+            "created": TS,
+            "updated": TS,
+            "is_active": "BOOLEAN",
+            "is_processing": "BOOLEAN",
+            "is_starred": "BOOLEAN",
+        },
+    ),
+    TableSpec(
+        name="forms",
+        path="/api/forms",
+        resource_type="form",
+        description="Every sign-up form.",
+        scope="forms:read",
+        rate_limit=S,
+        incremental_key="updated_at",
+        filter_operators=ALL_OPS,
+        max_page_size=100,
+        columns={
+            "name": "VARCHAR",
+            "status": "VARCHAR",
+            "ab_test": "BOOLEAN",
+            "created_at": TS,
+            "updated_at": TS,
+        },
+    ),
+    TableSpec(
+        name="templates",
+        path="/api/templates",
+        resource_type="template",
+        description="Every email template, with its HTML.",
+        scope="templates:read",
+        rate_limit=L,
+        incremental_key="updated",
+        filter_operators=frozenset({"equals"}) | ALL_OPS,
+        max_page_size=10,
+        columns={
+            "name": "VARCHAR",
+            "editor_type": "VARCHAR",
+            "html": "VARCHAR",
+            "text": "VARCHAR",
+            "amp": "VARCHAR",
+            "screenshot_url": "VARCHAR",
+            "created": TS,
+            "updated": TS,
+        },
+    ),
+)
+
+TABLES_BY_NAME: dict[str, TableSpec] = {t.name: t for t in TABLES}
+
+
+def get_table(name: str) -> TableSpec:
+    """Look a table up by its seed name (``catalog-items``) or asset name (``catalog_items``)."""
+    spec = TABLES_BY_NAME.get(name) or TABLES_BY_NAME.get(name.replace("_", "-"))
+    if spec is None:
+        valid = ", ".join(TABLES_BY_NAME)
+        raise KeyError(f"unknown Klaviyo table {name!r}; valid tables: {valid}")
+    return spec

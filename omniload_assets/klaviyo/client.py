@@ -1,0 +1,387 @@
+"""An httpx client for Klaviyo's JSON:API endpoints: paging, pacing, retries, windowed extraction."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import queue
+import random
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+import orjson
+
+from omniload_assets.klaviyo.catalog import TableSpec
+from omniload_assets.klaviyo.errors import (
+    KlaviyoAPIError,
+    KlaviyoAuthError,
+    KlaviyoConfigError,
+    KlaviyoPaginationError,
+    KlaviyoPermissionError,
+    KlaviyoQuotaExhausted,
+    KlaviyoUnavailableError,
+    redact,
+)
+from omniload_assets.klaviyo.ratelimit import limiter_for
+from omniload_assets.klaviyo.rows import incremental_value
+from omniload_assets.klaviyo.windows import TimeWindow, combine_filters, window_filter
+
+log = logging.getLogger(__name__)
+
+DEFAULT_BASE_URL = "https://a.klaviyo.com"
+DEFAULT_REVISION = "2026-10-15"
+RETRYABLE_STATUS = frozenset({500, 502, 503, 504, 520, 522, 524})
+LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "::1", "[::1]"})
+
+
+@dataclass
+class ClientStats:
+    """Counters of one extraction, safe to update from several threads."""
+
+    requests: int = 0
+    pages: int = 0
+    records: int = 0
+    retries: int = 0
+    throttled: int = 0
+    throttle_wait_s: float = 0.0
+    pacing_wait_s: float = 0.0
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+
+    def add(self, **amounts: float) -> None:
+        with self._lock:
+            for name, amount in amounts.items():
+                setattr(self, name, getattr(self, name) + amount)
+
+    def as_dict(self) -> dict[str, float]:
+        with self._lock:
+            data = asdict(self)
+        data.pop("_lock", None)
+        return data
+
+
+def _validate_base_url(base_url: str) -> str:
+    parts = urlsplit(base_url)
+    if parts.scheme == "https":
+        return base_url.rstrip("/")
+    host = parts.hostname or ""
+    if parts.scheme == "http" and (host in LOOPBACK_HOSTS or host.startswith("127.")):
+        return base_url.rstrip("/")
+    raise KlaviyoConfigError(
+        f"Klaviyo base URL {base_url!r} must be https:// (plain http is allowed only on loopback); "
+        "fix KLAVIYO_BASE_URL"
+    )
+
+
+class KlaviyoClient:
+    """Talks to one Klaviyo account. Thread-safe; use as a context manager to close connections."""
+
+    def __init__(
+        self,
+        api_key: str,
+        *,
+        base_url: str = DEFAULT_BASE_URL,
+        revision: str = DEFAULT_REVISION,
+        timeout_s: float = 60.0,
+        max_retries: int = 5,
+        max_retry_after_s: float = 120.0,
+        max_connections: int = 32,
+        pace: bool = True,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        if not api_key or not api_key.strip():
+            raise KlaviyoConfigError("no Klaviyo API key: set KLAVIYO_API_KEY to a private API key (pk_...)")
+        self._api_key = api_key.strip()
+        self.base_url = _validate_base_url(base_url)
+        self.revision = revision
+        self.max_retries = max_retries
+        self.max_retry_after_s = max_retry_after_s
+        self.pace = pace
+        self._sleep = sleep
+        # The account's identity for shared rate limiting, without keeping the key in the name.
+        self._account = hashlib.sha256(f"{self.base_url}|{self._api_key}".encode()).hexdigest()[:16]
+        self._http = httpx.Client(
+            base_url=self.base_url,
+            headers={
+                "Authorization": f"Klaviyo-API-Key {self._api_key}",
+                "revision": revision,
+                "Accept": "application/vnd.api+json",
+                "User-Agent": "omniload-assets/0.1",
+            },
+            timeout=httpx.Timeout(timeout_s),
+            limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
+        )
+
+    def __repr__(self) -> str:
+        return f"KlaviyoClient(base_url={self.base_url!r}, revision={self.revision!r})"
+
+    def __enter__(self) -> KlaviyoClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._http.close()
+
+    # -- one request -----------------------------------------------------------------------------
+
+    def get_json(
+        self,
+        spec: TableSpec,
+        url: str,
+        params: dict[str, str] | None = None,
+        stats: ClientStats | None = None,
+    ) -> dict[str, Any]:
+        """GET one page, paced to ``spec``'s rate limit, retrying what can be retried."""
+        stats = stats or ClientStats()
+        limiter = limiter_for(self._account, spec.path, spec.rate_limit)
+        attempt = 0
+        throttles = 0
+        while True:
+            if self.pace:
+                stats.add(pacing_wait_s=limiter.acquire())
+            stats.add(requests=1)
+            try:
+                response = self._http.get(url, params=params)
+                status = response.status_code
+                if status == 200:
+                    return orjson.loads(response.content)
+            except (httpx.TransportError, orjson.JSONDecodeError) as exc:
+                problem = f"{type(exc).__name__}: {redact(str(exc), self._api_key)}"
+                status = None
+            if status == 429:
+                throttles += 1
+                wait = self._retry_after(response)
+                stats.add(throttled=1)
+                if wait > self.max_retry_after_s:
+                    raise KlaviyoQuotaExhausted(
+                        f"Klaviyo throttled {spec.path} with Retry-After {wait:.0f} s, longer than "
+                        f"max_retry_after_s={self.max_retry_after_s:.0f}: the account's API quota is "
+                        "exhausted; re-run later or raise max_retry_after_s",
+                        status=429,
+                        path=spec.path,
+                    )
+                if throttles > 50:
+                    raise KlaviyoQuotaExhausted(
+                        f"Klaviyo throttled {spec.path} more than 50 times in a row; another client "
+                        "may be using the account's quota",
+                        status=429,
+                        path=spec.path,
+                    )
+                wait += random.uniform(0, 0.25)
+                stats.add(throttle_wait_s=wait)
+                self._sleep(wait)
+                continue
+            if status is not None and status not in RETRYABLE_STATUS:
+                raise self._api_error(spec, response)
+            if status is not None:
+                problem = f"HTTP {status}"
+            attempt += 1
+            if attempt > self.max_retries:
+                raise KlaviyoUnavailableError(
+                    f"Klaviyo {spec.path} failed {attempt} times (last: {problem}); Klaviyo may be "
+                    "down: re-run later or raise max_retries"
+                )
+            stats.add(retries=1)
+            delay = min(30.0, 0.5 * 2 ** (attempt - 1)) * random.uniform(0.5, 1.0)
+            log.warning(
+                "Klaviyo %s: %s; retry %d/%d in %.1fs",
+                spec.path,
+                problem,
+                attempt,
+                self.max_retries,
+                delay,
+            )
+            self._sleep(delay)
+
+    @staticmethod
+    def _retry_after(response: httpx.Response) -> float:
+        try:
+            return max(0.0, float(response.headers.get("Retry-After", "1")))
+        except ValueError:
+            return 1.0
+
+    def _api_error(self, spec: TableSpec, response: httpx.Response) -> KlaviyoAPIError:
+        status = response.status_code
+        detail = ""
+        try:
+            errors = orjson.loads(response.content).get("errors") or []
+            detail = "; ".join(str(e.get("detail") or e.get("title") or e.get("code")) for e in errors)
+        except (orjson.JSONDecodeError, AttributeError):
+            detail = response.text[:200]
+        detail = redact(detail, self._api_key) or response.reason_phrase
+        if status == 401:
+            return KlaviyoAuthError(
+                f"Klaviyo rejected the API key (401: {detail}); set KLAVIYO_API_KEY to a valid "
+                "private API key",
+                status=status,
+                path=spec.path,
+            )
+        if status == 403:
+            return KlaviyoPermissionError(
+                f"Klaviyo refused {spec.path} (403: {detail}); give the API key the '{spec.scope}' scope",
+                status=status,
+                path=spec.path,
+            )
+        return KlaviyoAPIError(
+            f"Klaviyo {spec.path} answered {status}: {detail}", status=status, path=spec.path
+        )
+
+    # -- pages -----------------------------------------------------------------------------------
+
+    def iter_pages(
+        self, spec: TableSpec, params: dict[str, str], stats: ClientStats | None = None
+    ) -> Iterator[dict[str, Any]]:
+        """Every page of a listing, following ``links.next`` until it is null."""
+        stats = stats or ClientStats()
+        url: str = spec.path
+        page_params: dict[str, str] | None = params
+        seen: set[str] = set()
+        while True:
+            page = self.get_json(spec, url, page_params, stats)
+            stats.add(pages=1)
+            yield page
+            next_url = (page.get("links") or {}).get("next")
+            if not next_url:
+                return
+            if next_url in seen:
+                raise KlaviyoPaginationError(
+                    f"Klaviyo {spec.path} returned the same next page twice; stopping to avoid a "
+                    "loop (re-run; report it if it repeats)"
+                )
+            seen.add(next_url)
+            url, page_params = next_url, None
+
+    def base_params(self, spec: TableSpec, page_size: int | None = None) -> dict[str, str]:
+        params = dict(spec.params)
+        if spec.max_page_size is not None:
+            size = min(page_size or spec.max_page_size, spec.max_page_size)
+            params["page[size]"] = str(size)
+        return params
+
+    def iter_records(
+        self,
+        spec: TableSpec,
+        window: TimeWindow | None = None,
+        *,
+        page_size: int | None = None,
+        parallelism: int = 1,
+        stats: ClientStats | None = None,
+        now: datetime | None = None,
+    ) -> Iterator[list[dict[str, Any]]]:
+        """Batches (one per page) of the resources whose incremental key lies in ``window``.
+
+        The window goes to the server as far as the endpoint can filter; the rest is checked here.
+        Windows the server can bound on both sides are split into sub-windows fetched by up to
+        ``parallelism`` threads. Records without an incremental key go to the window holding now.
+        """
+        stats = stats or ClientStats()
+        now = now or datetime.now(UTC)
+        tasks = self._plan(spec, window, parallelism)
+        if len(tasks) == 1 or parallelism <= 1:
+            for sub_window, filter_expr in tasks:
+                yield from self._fetch(spec, sub_window, filter_expr, page_size, stats, now)
+            return
+        yield from self._fetch_concurrently(spec, tasks, page_size, parallelism, stats, now)
+
+    def _plan(
+        self, spec: TableSpec, window: TimeWindow | None, parallelism: int
+    ) -> list[tuple[TimeWindow | None, str | None]]:
+        windows: list[TimeWindow | None] = [window]
+        if window is not None and spec.server_side_window and spec.server_side_upper_bound:
+            windows = list(window.split(max(1, parallelism) * 4))
+        variants: tuple[str | None, ...] = spec.filter_variants or (None,)
+        tasks = []
+        for sub in windows:
+            exprs = window_filter(spec, sub) if sub is not None else []
+            for variant in variants:
+                tasks.append((sub, combine_filters(([variant] if variant else []) + exprs)))
+        return tasks
+
+    def _fetch(
+        self,
+        spec: TableSpec,
+        window: TimeWindow | None,
+        filter_expr: str | None,
+        page_size: int | None,
+        stats: ClientStats,
+        now: datetime,
+    ) -> Iterator[list[dict[str, Any]]]:
+        params = self.base_params(spec, page_size)
+        if filter_expr:
+            params["filter"] = filter_expr
+        for page in self.iter_pages(spec, params, stats):
+            data = page.get("data") or []
+            if window is not None:
+                data = [r for r in data if self._in_window(spec, r, window, now)]
+            stats.add(records=len(data))
+            yield data
+
+    @staticmethod
+    def _in_window(spec: TableSpec, resource: dict[str, Any], window: TimeWindow, now: datetime) -> bool:
+        instant = incremental_value(spec, resource)
+        if instant is None:
+            return now in window
+        return window.start <= instant < window.end
+
+    def _fetch_concurrently(
+        self,
+        spec: TableSpec,
+        tasks: list[tuple[TimeWindow | None, str | None]],
+        page_size: int | None,
+        parallelism: int,
+        stats: ClientStats,
+        now: datetime,
+    ) -> Iterator[list[dict[str, Any]]]:
+        out: queue.Queue[list[dict[str, Any]] | BaseException | None] = queue.Queue(maxsize=parallelism * 4)
+        cancelled = threading.Event()
+        pending = queue.SimpleQueue[tuple[TimeWindow | None, str | None]]()
+        for task in tasks:
+            pending.put(task)
+
+        def worker() -> None:
+            try:
+                while not cancelled.is_set():
+                    try:
+                        sub, expr = pending.get_nowait()
+                    except queue.Empty:
+                        return
+                    for batch in self._fetch(spec, sub, expr, page_size, stats, now):
+                        if cancelled.is_set():
+                            return
+                        out.put(batch)
+            except BaseException as exc:  # handed to the consumer, which raises it
+                out.put(exc)
+            finally:
+                out.put(None)
+
+        workers = min(parallelism, len(tasks))
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="klaviyo") as pool:
+            for _ in range(workers):
+                pool.submit(worker)
+            finished = 0
+            try:
+                while finished < workers:
+                    item = out.get()
+                    if item is None:
+                        finished += 1
+                    elif isinstance(item, BaseException):
+                        raise item
+                    else:
+                        yield item
+            finally:
+                cancelled.set()
+                # Unblock workers waiting on a full queue so the pool can shut down.
+                while finished < workers:
+                    try:
+                        if out.get(timeout=0.1) is None:
+                            finished += 1
+                    except queue.Empty:
+                        continue

@@ -1,0 +1,63 @@
+"""``KlaviyoResource``: the Dagster resource that configures and hands out a Klaviyo client."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from urllib.parse import parse_qs, urlsplit
+
+import dagster as dg
+from pydantic import Field
+
+from omniload_assets.klaviyo.client import DEFAULT_BASE_URL, DEFAULT_REVISION, KlaviyoClient
+from omniload_assets.klaviyo.errors import KlaviyoConfigError
+
+
+def api_key_from_uri(value: str) -> str:
+    """The key of a ``klaviyo://?api_key=...`` URI (the seed's format); other values unchanged."""
+    if not value.startswith("klaviyo://"):
+        return value
+    keys = parse_qs(urlsplit(value).query).get("api_key") or []
+    if not keys or not keys[0]:
+        raise KlaviyoConfigError("the klaviyo:// URI has no api_key: use klaviyo://?api_key=pk_...")
+    return keys[0]
+
+
+class KlaviyoResource(dg.ConfigurableResource):
+    """A Klaviyo account. The API key comes from ``KLAVIYO_API_KEY`` and is never logged."""
+
+    api_key: str = Field(
+        description="Private API key, or a klaviyo://?api_key=... URI. Use EnvVar('KLAVIYO_API_KEY')."
+    )
+    base_url: str = Field(default=DEFAULT_BASE_URL, description="Klaviyo API base URL.")
+    revision: str = Field(default=DEFAULT_REVISION, description="Pinned API revision header.")
+    page_size: int | None = Field(
+        default=None, description="Records per page; default each endpoint's maximum."
+    )
+    extract_parallelism: int = Field(
+        default=8, ge=1, le=64, description="Concurrent requests (sub-windows) inside one run."
+    )
+    timeout_s: float = Field(default=60.0, gt=0, description="Per-request timeout, seconds.")
+    max_retries: int = Field(default=5, ge=0, description="Retries on 5xx, timeouts and broken responses.")
+    max_retry_after_s: float = Field(
+        default=120.0,
+        ge=0,
+        description="Longest Retry-After a 429 may make a run wait; longer fails the run at once.",
+    )
+
+    @contextmanager
+    def get_client(self) -> Iterator[KlaviyoClient]:
+        """A client for this account; closed when the block ends."""
+        client = KlaviyoClient(
+            api_key_from_uri(self.api_key or ""),
+            base_url=self.base_url or DEFAULT_BASE_URL,
+            revision=self.revision,
+            timeout_s=self.timeout_s,
+            max_retries=self.max_retries,
+            max_retry_after_s=self.max_retry_after_s,
+            max_connections=self.extract_parallelism + 4,
+        )
+        try:
+            yield client
+        finally:
+            client.close()
