@@ -37,9 +37,7 @@ def column_schema(spec: TableSpec) -> dg.TableSchema:
     )
 
 
-def extract(
-    context: dg.AssetExecutionContext, spec: TableSpec, klaviyo: KlaviyoResource
-) -> StagedTable:
+def extract(context: dg.AssetExecutionContext, spec: TableSpec, klaviyo: KlaviyoResource) -> StagedTable:
     """Page through the table's window and stage its rows as Parquet."""
     window = run_window(context)
     stats = ClientStats()
@@ -71,7 +69,7 @@ def extract(
     return staged
 
 
-def build_asset(spec: TableSpec) -> dg.AssetsDefinition:
+def build_asset(spec: TableSpec, partitions_def: dg.PartitionsDefinition | None) -> dg.AssetsDefinition:
     """The asset of one table: partitioned daily on its incremental key, or replaced whole."""
     partitioned = spec.partitioned
 
@@ -90,7 +88,7 @@ def build_asset(spec: TableSpec) -> dg.AssetsDefinition:
             "klaviyo/window_filter": "server" if spec.server_side_window else "client",
             "klaviyo/rate_limit": f"{spec.rate_limit.burst_per_s}/s, {spec.rate_limit.steady_per_min}/m",
         },
-        partitions_def=daily_partitions() if partitioned else None,
+        partitions_def=partitions_def if partitioned else None,
         backfill_policy=dg.BackfillPolicy.single_run() if partitioned else None,
         io_manager_key=IO_MANAGER_KEY,
     )
@@ -100,4 +98,7 @@ def build_asset(spec: TableSpec) -> dg.AssetsDefinition:
     return _asset
 
 
-klaviyo_assets: list[dg.AssetsDefinition] = [build_asset(spec) for spec in TABLES]
+def build_assets() -> list[dg.AssetsDefinition]:
+    """The 15 assets, with daily partitions from ``OMNILOAD_START_DATE``."""
+    partitions_def = daily_partitions()
+    return [build_asset(spec, partitions_def) for spec in TABLES]

@@ -5,17 +5,18 @@ from __future__ import annotations
 import dagster as dg
 
 from omniload_assets import settings
-from omniload_assets.assets import IO_MANAGER_KEY, klaviyo_assets
+from omniload_assets.assets import IO_MANAGER_KEY, build_assets
+from omniload_assets.klaviyo.client import DEFAULT_BASE_URL
 from omniload_assets.klaviyo.resource import KlaviyoResource
 from omniload_assets.warehouse.io_manager import KlaviyoDuckDBIOManager
 
 
-def build_resources() -> dict[str, object]:
+def build_resources() -> dict[str, dg.ConfigurableResource | dg.ConfigurableIOManagerFactory]:
     """Resources for this deployment, configured from the environment (see ``settings``)."""
     return {
         "klaviyo": KlaviyoResource(
             api_key=dg.EnvVar("KLAVIYO_API_KEY"),
-            base_url=settings.env("KLAVIYO_BASE_URL") or "https://a.klaviyo.com",
+            base_url=settings.env("KLAVIYO_BASE_URL") or DEFAULT_BASE_URL,
         ),
         IO_MANAGER_KEY: KlaviyoDuckDBIOManager(
             database=settings.duckdb_path(),
@@ -25,4 +26,9 @@ def build_resources() -> dict[str, object]:
     }
 
 
-defs = dg.Definitions(assets=klaviyo_assets, resources=build_resources())
+def build_definitions() -> dg.Definitions:
+    """Everything the code location holds, read from the environment at call time."""
+    return dg.Definitions(assets=build_assets(), resources=build_resources())
+
+
+defs = build_definitions()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import logging
 import queue
 import random
@@ -66,12 +67,21 @@ class ClientStats:
         return data
 
 
+def _is_loopback(host: str) -> bool:
+    """True for ``localhost`` and loopback IP literals (not for names like ``127.0.0.1.example``)."""
+    if host in LOOPBACK_HOSTS:
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def _validate_base_url(base_url: str) -> str:
     parts = urlsplit(base_url)
     if parts.scheme == "https":
         return base_url.rstrip("/")
-    host = parts.hostname or ""
-    if parts.scheme == "http" and (host in LOOPBACK_HOSTS or host.startswith("127.")):
+    if parts.scheme == "http" and _is_loopback(parts.hostname or ""):
         return base_url.rstrip("/")
     raise KlaviyoConfigError(
         f"Klaviyo base URL {base_url!r} must be https:// (plain http is allowed only on loopback); "
@@ -152,7 +162,11 @@ class KlaviyoClient:
                 response = self._http.get(url, params=params)
                 status = response.status_code
                 if status == 200:
-                    return orjson.loads(response.content)
+                    body = orjson.loads(response.content)
+                    if isinstance(body, dict):
+                        return body
+                    problem = f"response body is a JSON {type(body).__name__}, not a JSON:API document"
+                    status = None
             except (httpx.TransportError, orjson.JSONDecodeError) as exc:
                 problem = f"{type(exc).__name__}: {redact(str(exc), self._api_key)}"
                 status = None
@@ -295,7 +309,9 @@ class KlaviyoClient:
         self, spec: TableSpec, window: TimeWindow | None, parallelism: int
     ) -> list[tuple[TimeWindow | None, str | None]]:
         windows: list[TimeWindow | None] = [window]
-        if window is not None and spec.server_side_window and spec.server_side_upper_bound:
+        # Splitting only pays when sub-windows are fetched side by side; serially it only adds requests.
+        server_bounded = spec.server_side_window and spec.server_side_upper_bound
+        if parallelism > 1 and window is not None and server_bounded:
             windows = list(window.split(max(1, parallelism) * 4))
         variants: tuple[str | None, ...] = spec.filter_variants or (None,)
         tasks = []

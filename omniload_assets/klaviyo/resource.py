@@ -19,7 +19,10 @@ def api_key_from_uri(value: str) -> str:
         return value
     keys = parse_qs(urlsplit(value).query).get("api_key") or []
     if not keys or not keys[0]:
-        raise KlaviyoConfigError("the klaviyo:// URI has no api_key: use klaviyo://?api_key=pk_...")
+        raise KlaviyoConfigError(
+            "the klaviyo:// URI in KLAVIYO_API_KEY has no api_key: use klaviyo://?api_key=pk_... "
+            "or the bare private API key"
+        )
     return keys[0]
 
 
@@ -27,7 +30,8 @@ class KlaviyoResource(dg.ConfigurableResource):
     """A Klaviyo account. The API key comes from ``KLAVIYO_API_KEY`` and is never logged."""
 
     api_key: str = Field(
-        description="Private API key, or a klaviyo://?api_key=... URI. Use EnvVar('KLAVIYO_API_KEY')."
+        description="Private API key, or a klaviyo://?api_key=... URI. Use EnvVar('KLAVIYO_API_KEY').",
+        repr=False,  # keeps the key out of repr() and str(), hence out of logs and tracebacks
     )
     base_url: str = Field(default=DEFAULT_BASE_URL, description="Klaviyo API base URL.")
     revision: str = Field(default=DEFAULT_REVISION, description="Pinned API revision header.")

@@ -43,16 +43,21 @@ def _to_varchar(value: Any) -> str:
     return value if isinstance(value, str) else _json(value)
 
 
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+
+
 def _to_bigint(value: Any) -> int:
     if isinstance(value, bool):
-        return int(value)
-    if isinstance(value, int):
-        return value
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
-    if isinstance(value, str):
-        return int(value)
-    raise ValueError(f"not an integer: {value!r}")
+        number = int(value)
+    elif isinstance(value, int):
+        number = value
+    elif isinstance(value, str) or (isinstance(value, float) and value.is_integer()):
+        number = int(value)
+    else:
+        raise ValueError(f"not an integer: {value!r}")
+    if not INT64_MIN <= number <= INT64_MAX:
+        raise OverflowError(f"integer out of BIGINT range: {value!r}")
+    return number
 
 
 def _to_double(value: Any) -> float:
@@ -140,7 +145,7 @@ class RowBuilder:
             return
         try:
             row[col] = self._converters[col](value)
-        except (TypeError, ValueError, OverflowError):
+        except (TypeError, ValueError, OverflowError, OSError):
             raw = f"{col}__raw"
             self.extra_columns.setdefault(raw, "JSON")
             row[col] = None
@@ -170,5 +175,5 @@ def incremental_value(spec: TableSpec, resource: Mapping[str, Any]) -> datetime 
     attributes = resource.get("attributes") or {}
     try:
         return parse_datetime(attributes.get(spec.incremental_key))
-    except ValueError:
+    except (ValueError, OverflowError, OSError):
         return None

@@ -37,9 +37,11 @@ class KlaviyoTablesIOManager(dg.IOManager):
 
     def handle_output(self, context: dg.OutputContext, obj: StagedTable) -> None:
         if not isinstance(obj, StagedTable):
-            raise TypeError(f"{context.asset_key.to_user_string()} must return a StagedTable, got {type(obj)}")
+            raise TypeError(
+                f"{context.asset_key.to_user_string()} must return a StagedTable, got {type(obj)}"
+            )
         spec = self._spec(context)
-        run_id = context.run_id if context.has_run_id else None
+        run_id = context.run_id
         try:
             with open_database(self.database, lock_timeout_s=self.lock_timeout_s) as conn:
                 if spec.strategy == "replace":
@@ -72,8 +74,9 @@ class KlaviyoTablesIOManager(dg.IOManager):
         table = f"{quote(self.schema)}.{quote(spec.asset_name)}"
         order = f"{quote(spec.incremental_key)} DESC NULLS LAST, " if spec.incremental_key else ""
         cols = [spec.primary_key, *[c for c in spec.columns if spec.columns[c] != "JSON"][:5]]
-        sql = f"SELECT {', '.join(quote(c) for c in cols)} FROM {table} ORDER BY {order}{quote(spec.primary_key)} LIMIT {PREVIEW_ROWS}"
-        rows = conn.execute(sql).fetchall()
+        select = ", ".join(quote(c) for c in cols)
+        order += quote(spec.primary_key)
+        rows = conn.execute(f"SELECT {select} FROM {table} ORDER BY {order} LIMIT {PREVIEW_ROWS}").fetchall()
         header = "| " + " | ".join(cols) + " |\n|" + "---|" * len(cols) + "\n"
         body = "".join("| " + " | ".join("" if v is None else str(v) for v in r) + " |\n" for r in rows)
         return dg.MetadataValue.md(header + body)

@@ -40,7 +40,9 @@ class StagedTable:
 class ParquetStager:
     """Collects rows of one table and writes them out as Parquet files of ``ROWS_PER_FILE`` rows."""
 
-    def __init__(self, spec: TableSpec, base_dir: str | None = None, rows_per_file: int = ROWS_PER_FILE):
+    def __init__(
+        self, spec: TableSpec, base_dir: str | None = None, rows_per_file: int = ROWS_PER_FILE
+    ) -> None:
         self.spec = spec
         self.builder = RowBuilder(spec)
         if base_dir:

@@ -1,0 +1,565 @@
+"""Load staged Parquet files into DuckDB: upsert (:func:`merge_into`) or swap (:func:`replace_table`).
+
+Both functions are set-based (a handful of SQL statements whatever the row count) and run in one
+transaction on a connection the caller opened: ``BEGIN`` … ``COMMIT``, ``ROLLBACK`` and re-raise on
+any error, so a failed write leaves the table exactly as it was.
+
+Column rules shared by both:
+
+* The staged files are read with ``read_parquet([...], union_by_name=true)``; a file may lack
+  columns (they load as NULL) or carry extra ones (they are kept, never dropped).
+* New tables get the columns ``primary_key``, then ``column_types`` in order, then extra columns
+  found in the files, then the load metadata ``_loaded_at TIMESTAMPTZ`` and ``_run_id VARCHAR``.
+  Extra columns take the type DuckDB reads from Parquet, except strings and all-null columns
+  (``VARCHAR``) and nested values (``JSON``).
+* An existing column's type never drifts: incoming values are cast to the stored type. ``JSON``
+  columns take Parquet strings holding JSON text as they are; a string that is not valid JSON is
+  stored as a JSON string, and nested values are converted with ``to_json``.
+* Types widen instead of failing: only when some non-NULL incoming value cannot be cast to the
+  stored type without loss (``TRY_CAST`` yields NULL, or a fractional number would be rounded into
+  an integer column) is the column altered, in the same transaction, to the narrowest of
+  ``BIGINT`` / ``DOUBLE`` (numbers into a numeric column), ``JSON`` (nested values) or ``VARCHAR``
+  that holds every value. The widening is reported in the log.
+
+Tables carry no PRIMARY KEY constraint (DuckDB cannot alter column types of indexed tables and
+the index slows bulk loads); uniqueness comes from de-duplicating every batch and upserting by key.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import uuid
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import duckdb
+
+logger = logging.getLogger(__name__)
+
+LOADED_AT = "_loaded_at"
+RUN_ID = "_run_id"
+#: Load metadata columns appended to every table.
+METADATA_COLUMNS: dict[str, str] = {LOADED_AT: "TIMESTAMP WITH TIME ZONE", RUN_ID: "VARCHAR"}
+
+_NULL_TYPES = {'"NULL"', "NULL"}
+_INTEGER_TYPES = {
+    "TINYINT",
+    "SMALLINT",
+    "INTEGER",
+    "BIGINT",
+    "HUGEINT",
+    "UTINYINT",
+    "USMALLINT",
+    "UINTEGER",
+    "UBIGINT",
+    "UHUGEINT",
+}
+_FLOAT_TYPES = {"FLOAT", "DOUBLE"}
+_FILE_INDEX = "__omniload_file_index"
+_FILE_ROW = "__omniload_file_row"
+_FILENAME = "__omniload_filename"
+
+
+@dataclass(frozen=True)
+class WriteResult:
+    """What one write did, for materialization metadata."""
+
+    rows_written: int  # rows in the deduplicated source
+    inserted: int  # new primary keys
+    updated: int  # existing keys whose row was replaced (incoming incremental key >= stored)
+    skipped_stale: int  # existing keys kept because the stored row is newer
+    table_rows: int  # rows in the target table after the write
+    columns_added: list[str] = field(default_factory=list)
+
+
+def merge_into(
+    conn: duckdb.DuckDBPyConnection,
+    *,
+    schema: str,
+    table: str,
+    files: Sequence[str | Path],
+    primary_key: str,
+    incremental_key: str | None,
+    column_types: Mapping[str, str],
+    run_id: str | None = None,
+) -> WriteResult:
+    """Upsert the rows of ``files`` into ``schema.table`` by ``primary_key`` in one transaction.
+
+    The batch is first de-duplicated by key (greatest ``incremental_key`` wins; on ties, the later
+    file, then the later row). An existing row is replaced only when the incoming incremental key
+    is the same or newer, or the stored one is NULL, or ``incremental_key`` is None; otherwise it
+    counts as ``skipped_stale``. Columns the batch lacks are written as NULL on replaced rows.
+    Creates the schema and table when missing and adds new columns (``columns_added`` lists the
+    columns added to an already existing table). An empty ``files`` only creates the table.
+
+    Raises ``ValueError`` (and writes nothing) if any staged row has a NULL primary key.
+    """
+    loader = _Loader(conn, schema, table, files, primary_key, incremental_key, column_types)
+    with _transaction(conn):
+        return loader.merge(run_id)
+
+
+def replace_table(
+    conn: duckdb.DuckDBPyConnection,
+    *,
+    schema: str,
+    table: str,
+    files: Sequence[str | Path],
+    primary_key: str,
+    column_types: Mapping[str, str],
+    run_id: str | None = None,
+) -> WriteResult:
+    """Replace ``schema.table`` with the rows of ``files``, atomically.
+
+    The new table is built beside the old one (``<table>__new``) and swapped in (DROP old + RENAME)
+    inside one transaction: a failure leaves the old table untouched and no reader ever sees an
+    empty or half-built table. Columns (and types) of the old table are kept, so nothing is
+    dropped silently and types do not drift; rows are de-duplicated by key (later file/row wins).
+    ``inserted`` counts keys not in the old table, ``updated`` keys that were. An empty ``files``
+    leaves an empty table with the right columns.
+
+    Raises ``ValueError`` (and changes nothing) if any staged row has a NULL primary key.
+    """
+    loader = _Loader(conn, schema, table, files, primary_key, None, column_types)
+    with _transaction(conn):
+        return loader.replace(run_id)
+
+
+def quote_ident(name: str) -> str:
+    """Quote a DuckDB identifier."""
+    return '"' + name.replace('"', '""') + '"'
+
+
+def qualified_name(conn: duckdb.DuckDBPyConnection, schema: str, table: str) -> str:
+    """``"catalog"."schema"."table"`` for the connection's database.
+
+    Always use this (not ``schema.table``) to refer to a table: with the seed's
+    ``klaviyo.duckdb`` file the catalog is named ``klaviyo`` too, and DuckDB rejects
+    ``klaviyo.events`` as an ambiguous reference to catalog or schema.
+    """
+    return ".".join(quote_ident(part) for part in (_current_catalog(conn), schema, table))
+
+
+def _current_catalog(conn: duckdb.DuckDBPyConnection) -> str:
+    row = conn.execute("SELECT current_database()").fetchone()
+    assert row is not None
+    return str(row[0])
+
+
+def _literal(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+@contextmanager
+def _transaction(conn: duckdb.DuckDBPyConnection) -> Iterator[None]:
+    """``BEGIN`` … ``COMMIT``; ``ROLLBACK`` and re-raise on any error (commit failures included)."""
+    conn.execute("BEGIN TRANSACTION")
+    try:
+        yield
+        conn.execute("COMMIT")
+    except BaseException:
+        try:
+            conn.execute("ROLLBACK")
+        except duckdb.Error as rollback_error:  # already rolled back by DuckDB
+            logger.debug("ROLLBACK after a failed write: %s", rollback_error)
+        raise
+
+
+@dataclass
+class _Column:
+    """A target column: its stored type and how it appears in the staged files."""
+
+    name: str
+    type: str
+    source_name: str | None = None  # spelling in the Parquet files, None when absent
+    source_type: str | None = None
+
+
+def _is_nested(type_name: str) -> bool:
+    upper = type_name.upper()
+    return upper.endswith("]") or upper.startswith(("STRUCT", "MAP", "UNION", "LIST"))
+
+
+def _is_numeric(type_name: str) -> bool:
+    upper = type_name.upper()
+    return upper in _INTEGER_TYPES or upper in _FLOAT_TYPES or upper.startswith("DECIMAL")
+
+
+def _extra_type(source_type: str) -> str:
+    """Stored type of a column found in the files but not declared in ``column_types``."""
+    if source_type in _NULL_TYPES or source_type.upper() == "VARCHAR":
+        return "VARCHAR"
+    if _is_nested(source_type):
+        return "JSON"
+    return source_type
+
+
+class _Loader:
+    """One write: plans columns, validates the batch and issues the SQL."""
+
+    def __init__(
+        self,
+        conn: duckdb.DuckDBPyConnection,
+        schema: str,
+        table: str,
+        files: Sequence[str | Path],
+        primary_key: str,
+        incremental_key: str | None,
+        column_types: Mapping[str, str],
+    ) -> None:
+        self.conn = conn
+        self.schema = schema
+        self.table = table
+        self.files = [os.fspath(f) for f in files]
+        self.primary_key = primary_key
+        self.incremental_key = incremental_key
+        missing = [f for f in self.files if "://" not in f and not os.path.exists(f)]
+        if missing:
+            raise FileNotFoundError(f"staged file(s) not found: {', '.join(missing)}")
+        self.declared = self._canonical_types(column_types)
+        self.source: dict[str, str] = {}
+        self.source = self._source_columns()
+        self.catalog = _current_catalog(conn)
+        self.target = self._qualified(table)
+
+    def _qualified(self, table: str) -> str:
+        return f"{quote_ident(self.catalog)}.{quote_ident(self.schema)}.{quote_ident(table)}"
+
+    # -- planning ---------------------------------------------------------------------------
+
+    def _canonical_types(self, column_types: Mapping[str, str]) -> dict[str, str]:
+        """Declared types spelled as DuckDB reports them (``TIMESTAMPTZ`` -> ``TIMESTAMP WITH …``)."""
+        names = [n for n in column_types if n.lower() not in METADATA_COLUMNS]
+        if not names:
+            return {}
+        exprs = ", ".join(f"typeof(CAST(NULL AS {column_types[n]}))" for n in names)
+        row = self.conn.execute(f"SELECT {exprs}").fetchone()
+        assert row is not None
+        return dict(zip(names, row, strict=True))
+
+    def _scan(self) -> str:
+        """The ``read_parquet`` call over all staged files."""
+        files = ", ".join(_literal(f) for f in self.files)
+        extra = f", filename={_literal(_FILENAME)}" if self._shadowed("file_index") else ""
+        return f"read_parquet([{files}], union_by_name=true{extra})"
+
+    def _shadowed(self, virtual: str) -> bool:
+        return virtual in {name.lower() for name in self.source}
+
+    def _order_columns(self) -> tuple[str, str | None]:
+        """Expressions giving each staged row's file position and row position within it."""
+        if self._shadowed("file_index"):
+            files = ", ".join(_literal(f) for f in self.files)
+            file_expr = f"list_position([{files}], {quote_ident(_FILENAME)})"
+        else:
+            file_expr = "file_index"
+        row_expr = None if self._shadowed("file_row_number") else "file_row_number"
+        return file_expr, row_expr
+
+    def _source_columns(self) -> dict[str, str]:
+        """Columns of the staged files (union by name) and their DuckDB types, in file order."""
+        if not self.files:
+            return {}
+        rows = self.conn.execute(f"DESCRIBE SELECT * FROM {self._scan()}").fetchall()
+        return {
+            str(name): str(type_name)
+            for name, type_name, *_ in rows
+            if str(name).lower() not in METADATA_COLUMNS and str(name) != _FILENAME
+        }
+
+    def _existing_columns(self, schema: str, table: str) -> list[tuple[str, str]] | None:
+        """``(name, type)`` of an existing table in column order, or None if it does not exist."""
+        exists = self.conn.execute(
+            "SELECT count(*) FROM duckdb_tables() WHERE database_name = ? "
+            "AND lower(schema_name) = lower(?) AND lower(table_name) = lower(?)",
+            [self.catalog, schema, table],
+        ).fetchone()
+        if not exists or not exists[0]:
+            return None
+        rows = self.conn.execute(
+            "SELECT column_name, data_type FROM duckdb_columns() "
+            "WHERE database_name = ? AND lower(schema_name) = lower(?) "
+            "AND lower(table_name) = lower(?) ORDER BY column_index",
+            [self.catalog, schema, table],
+        ).fetchall()
+        return [(str(n), str(t)) for n, t in rows]
+
+    def _plan(self, existing: list[tuple[str, str]] | None) -> tuple[list[_Column], list[str]]:
+        """Target columns (existing, then declared, then extras; metadata last) and the new ones."""
+        columns: dict[str, _Column] = {}
+
+        def add(name: str, type_name: str) -> None:
+            if name.lower() not in columns:
+                columns[name.lower()] = _Column(name, type_name)
+
+        for name, type_name in existing or []:
+            add(name, type_name)
+        if existing is None:
+            pk_type = self.declared.get(self.primary_key)
+            if pk_type is None:
+                pk_type = _extra_type(self._source_type(self.primary_key) or "VARCHAR")
+            add(self.primary_key, pk_type)
+        for name, type_name in self.declared.items():
+            add(name, type_name)
+        for name, type_name in self.source.items():
+            add(name, _extra_type(type_name))
+        metadata = {name: columns.pop(name, None) for name in METADATA_COLUMNS}
+        for name, type_name in METADATA_COLUMNS.items():
+            columns[name] = metadata[name] or _Column(name, type_name)
+        for name, type_name in self.source.items():
+            col = columns[name.lower()]
+            col.source_name, col.source_type = name, type_name
+        if self.primary_key.lower() not in columns:
+            raise ValueError(f"primary key {self.primary_key!r} is not a column of {self.target}")
+        if self.incremental_key and self.incremental_key.lower() not in columns:
+            raise ValueError(
+                f"incremental key {self.incremental_key!r} is neither declared in column_types "
+                f"nor present in the staged files for {self.target}"
+            )
+        known = {name.lower() for name, _ in existing or []}
+        added = [c.name for c in columns.values() if existing is not None and c.name.lower() not in known]
+        return list(columns.values()), added
+
+    def _source_type(self, name: str) -> str | None:
+        for source_name, type_name in self.source.items():
+            if source_name.lower() == name.lower():
+                return type_name
+        return None
+
+    def _column(self, columns: list[_Column], name: str) -> _Column:
+        return next(c for c in columns if c.name.lower() == name.lower())
+
+    # -- casting and widening ---------------------------------------------------------------
+
+    @staticmethod
+    def _needs_check(col: _Column) -> bool:
+        if col.source_type is None or col.source_type in _NULL_TYPES:
+            return False
+        target = col.type.upper()
+        return target not in ("VARCHAR", "JSON") and col.source_type.upper() != target
+
+    @staticmethod
+    def _failure_expr(col: _Column, target_type: str) -> str:
+        """Count of non-NULL staged values that ``target_type`` cannot hold without loss."""
+        src = quote_ident(col.source_name or col.name)
+        cond = f"TRY_CAST({src} AS {target_type}) IS NULL"
+        assert col.source_type is not None
+        source_upper = col.source_type.upper()
+        if target_type.upper() in _INTEGER_TYPES and (
+            source_upper in _FLOAT_TYPES or source_upper.startswith("DECIMAL")
+        ):
+            cond += f" OR TRY_CAST({src} AS {target_type}) <> {src}"
+        return f"count_if({src} IS NOT NULL AND ({cond}))"
+
+    @staticmethod
+    def _candidates(col: _Column) -> list[str]:
+        """Wider types to try, narrowest first, when ``col``'s stored type cannot take the data."""
+        assert col.source_type is not None
+        if _is_nested(col.source_type):
+            return ["JSON"]
+        target, source = col.type.upper(), col.source_type.upper()
+        candidates: list[str] = []
+        if _is_numeric(target) and _is_numeric(source):
+            if target in _INTEGER_TYPES and source in _INTEGER_TYPES and target != "BIGINT":
+                candidates.append("BIGINT")
+            if target != "DOUBLE":
+                candidates.append("DOUBLE")
+        return [*candidates, "VARCHAR"]
+
+    def _validate_and_widen(self, columns: list[_Column]) -> dict[str, str]:
+        """Reject NULL primary keys; return ``{column: wider type}`` for casts that would fail.
+
+        One scan of the staged files counts NULL keys and, per column whose stored type differs
+        from the staged one, the values that type cannot hold. A failing column moves to its next
+        wider candidate (see :meth:`_candidates`) and only those are counted again; ``VARCHAR``
+        and ``JSON`` hold anything and need no check.
+        """
+        if not self.files:
+            return {}
+        pk = self._column(columns, self.primary_key)
+        null_pk = "count(*)" if pk.source_name is None else f"count_if({quote_ident(pk.source_name)} IS NULL)"
+        by_name = {c.name: c for c in columns}
+        trying = {c.name: c.type for c in columns if self._needs_check(c)}
+        widened: dict[str, str] = {}
+        first = True
+        while first or trying:
+            names = list(trying)
+            exprs = [null_pk, *(self._failure_expr(by_name[n], trying[n]) for n in names)]
+            row = self.conn.execute(f"SELECT {', '.join(exprs)} FROM {self._scan()}").fetchone()
+            assert row is not None
+            if first and row[0]:
+                raise ValueError(
+                    f"{row[0]} staged row(s) for {self.target} have a NULL primary key "
+                    f"{self.primary_key!r}; nothing was written"
+                )
+            first = False
+            for name, failures in zip(names, row[1:], strict=True):
+                current = trying.pop(name)
+                col = by_name[name]
+                if not failures:
+                    if current != col.type:
+                        widened[name] = current
+                    continue
+                candidates = self._candidates(col)
+                index = candidates.index(current) + 1 if current in candidates else 0
+                wider = candidates[index]
+                if wider in ("VARCHAR", "JSON"):
+                    widened[name] = wider
+                else:
+                    trying[name] = wider
+        for name, new_type in widened.items():
+            logger.warning(
+                "widening column %s of %s from %s to %s: staged values of type %s do not fit",
+                name,
+                self.target,
+                by_name[name].type,
+                new_type,
+                by_name[name].source_type,
+            )
+        return widened
+
+    @staticmethod
+    def _cast_expr(col: _Column) -> str:
+        """Expression turning the staged value into the stored type (NULL if the files lack it)."""
+        if col.source_name is None or col.source_type is None or col.source_type in _NULL_TYPES:
+            return f"CAST(NULL AS {col.type})"
+        src = quote_ident(col.source_name)
+        target, source = col.type.upper(), col.source_type.upper()
+        if target == source:
+            return src
+        if target == "JSON":
+            if source == "VARCHAR":
+                return f"COALESCE(TRY_CAST({src} AS JSON), to_json({src}))"
+            return f"to_json({src})"
+        if target == "VARCHAR" and _is_nested(source):
+            return f"CAST(to_json({src}) AS VARCHAR)"
+        return f"CAST({src} AS {col.type})"
+
+    def _stage_query(self, columns: list[_Column]) -> str:
+        """The staged rows cast to the stored types and de-duplicated by primary key."""
+        data = [c for c in columns if c.name not in METADATA_COLUMNS]
+        names = ", ".join(quote_ident(c.name) for c in data)
+        if not self.files:
+            nulls = ", ".join(f"CAST(NULL AS {c.type}) AS {quote_ident(c.name)}" for c in data)
+            return f"SELECT {nulls} WHERE false"
+        file_expr, row_expr = self._order_columns()
+        casts = [f"{self._cast_expr(c)} AS {quote_ident(c.name)}" for c in data]
+        casts.append(f"{file_expr} AS {_FILE_INDEX}")
+        order = [f"{_FILE_INDEX} DESC"]
+        if row_expr is not None:
+            casts.append(f"{row_expr} AS {_FILE_ROW}")
+            order.append(f"{_FILE_ROW} DESC")
+        if self.incremental_key:
+            inc = self._column(columns, self.incremental_key).name
+            order.insert(0, f"{quote_ident(inc)} DESC NULLS LAST")
+        pk = quote_ident(self._column(columns, self.primary_key).name)
+        return (
+            f"SELECT {names} FROM (SELECT {', '.join(casts)} FROM {self._scan()}) "
+            f"QUALIFY row_number() OVER (PARTITION BY {pk} ORDER BY {', '.join(order)}) = 1"
+        )
+
+    # -- DDL ----------------------------------------------------------------------------------
+
+    def _create_table(self, name: str, columns: list[_Column]) -> None:
+        defs = ", ".join(f"{quote_ident(c.name)} {c.type}" for c in columns)
+        self.conn.execute(f"CREATE TABLE {self._qualified(name)} ({defs})")
+
+    def _evolve(self, columns: list[_Column], added: list[str], widened: dict[str, str]) -> None:
+        """``ADD COLUMN`` the new columns and widen the ones whose data does not fit."""
+        for name in added:
+            col = self._column(columns, name)
+            col.type = widened.pop(col.name, col.type)
+            self.conn.execute(f"ALTER TABLE {self.target} ADD COLUMN {quote_ident(col.name)} {col.type}")
+        for name, new_type in widened.items():
+            col = self._column(columns, name)
+            ident = quote_ident(col.name)
+            using = f" USING to_json({ident})" if new_type == "JSON" else ""
+            self.conn.execute(
+                f"ALTER TABLE {self.target} ALTER COLUMN {ident} SET DATA TYPE {new_type}{using}"
+            )
+            col.type = new_type
+
+    # -- the writes ---------------------------------------------------------------------------
+
+    def _count(self, sql: str, params: list[object] | None = None) -> int:
+        row = self.conn.execute(sql, params or []).fetchone()
+        return int(row[0]) if row and row[0] is not None else 0
+
+    def merge(self, run_id: str | None) -> WriteResult:
+        """The body of :func:`merge_into`, inside the caller's transaction."""
+        schema = f"{quote_ident(self.catalog)}.{quote_ident(self.schema)}"
+        self.conn.execute(f"CREATE SCHEMA IF NOT EXISTS {schema}")
+        existing = self._existing_columns(self.schema, self.table)
+        columns, added = self._plan(existing)
+        widened = self._validate_and_widen(columns)
+        if existing is None:
+            for col in columns:
+                col.type = widened.get(col.name, col.type)
+            self._create_table(self.table, columns)
+        else:
+            self._evolve(columns, added, widened)
+        if not self.files:
+            return WriteResult(0, 0, 0, 0, self._count(f"SELECT count(*) FROM {self.target}"), added)
+
+        stage = quote_ident(f"__omniload_stage_{uuid.uuid4().hex}")
+        rows = self._count(f"CREATE TEMP TABLE {stage} AS {self._stage_query(columns)}")
+        data = [c for c in columns if c.name not in METADATA_COLUMNS]
+        pk_name = self._column(columns, self.primary_key).name
+        pk = quote_ident(pk_name)
+        sets = [f"{quote_ident(c.name)} = s.{quote_ident(c.name)}" for c in data if c.name != pk_name]
+        sets += [f"{quote_ident(LOADED_AT)} = now()", f"{quote_ident(RUN_ID)} = ?"]
+        where = f"t.{pk} = s.{pk}"
+        if self.incremental_key:
+            inc = quote_ident(self._column(columns, self.incremental_key).name)
+            where += f" AND (s.{inc} >= t.{inc} OR t.{inc} IS NULL)"
+        updated = self._count(
+            f"UPDATE {self.target} AS t SET {', '.join(sets)} FROM {stage} AS s WHERE {where}",
+            [run_id],
+        )
+        names = [quote_ident(c.name) for c in data]
+        inserted = self._count(
+            f"INSERT INTO {self.target} ({', '.join(names)}, {quote_ident(LOADED_AT)}, "
+            f"{quote_ident(RUN_ID)}) SELECT {', '.join('s.' + n for n in names)}, now(), ? "
+            f"FROM {stage} AS s WHERE NOT EXISTS "
+            f"(SELECT 1 FROM {self.target} AS t WHERE t.{pk} = s.{pk})",
+            [run_id],
+        )
+        self.conn.execute(f"DROP TABLE {stage}")
+        table_rows = self._count(f"SELECT count(*) FROM {self.target}")
+        skipped = max(rows - inserted - updated, 0)  # UPDATE counts duplicate target keys twice
+        return WriteResult(rows, inserted, updated, skipped, table_rows, added)
+
+    def replace(self, run_id: str | None) -> WriteResult:
+        """The body of :func:`replace_table`, inside the caller's transaction."""
+        schema = f"{quote_ident(self.catalog)}.{quote_ident(self.schema)}"
+        self.conn.execute(f"CREATE SCHEMA IF NOT EXISTS {schema}")
+        existing = self._existing_columns(self.schema, self.table)
+        columns, added = self._plan(existing)
+        widened = self._validate_and_widen(columns)
+        for col in columns:
+            col.type = widened.get(col.name, col.type)
+        new_name = f"{self.table}__new"
+        new_table = self._qualified(new_name)
+        self.conn.execute(f"DROP TABLE IF EXISTS {new_table}")
+        self._create_table(new_name, columns)
+        data = [c for c in columns if c.name not in METADATA_COLUMNS]
+        names = ", ".join(quote_ident(c.name) for c in data)
+        rows = self._count(
+            f"INSERT INTO {new_table} ({names}, {quote_ident(LOADED_AT)}, {quote_ident(RUN_ID)}) "
+            f"SELECT {names}, now(), ? FROM ({self._stage_query(columns)})",
+            [run_id],
+        )
+        updated = 0
+        if existing is not None and rows:
+            pk = quote_ident(self._column(columns, self.primary_key).name)
+            updated = self._count(
+                f"SELECT count(*) FROM {new_table} AS n WHERE EXISTS "
+                f"(SELECT 1 FROM {self.target} AS o WHERE o.{pk} = n.{pk})"
+            )
+        if existing is not None:
+            self.conn.execute(f"DROP TABLE {self.target}")
+        self.conn.execute(f"ALTER TABLE {new_table} RENAME TO {quote_ident(self.table)}")
+        return WriteResult(rows, rows - updated, updated, 0, rows, added)

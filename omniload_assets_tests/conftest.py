@@ -1,0 +1,78 @@
+"""Shared fixtures: a running Klaviyo simulator and an environment pointing the code location at it."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import dagster as dg
+import duckdb
+import pytest
+
+from omniload_assets_tests.simulator import KlaviyoSimulator
+
+SIM_START = datetime(2024, 1, 1, tzinfo=UTC)
+SIM_END = datetime(2024, 1, 11, tzinfo=UTC)
+
+
+@pytest.fixture
+def simulator() -> Iterator[KlaviyoSimulator]:
+    with KlaviyoSimulator(seed=11, start=SIM_START, end=SIM_END, rate_limits=False) as sim:
+        yield sim
+
+
+@pytest.fixture
+def db_path(tmp_path: Path) -> Path:
+    return tmp_path / "warehouse" / "klaviyo.duckdb"
+
+
+@pytest.fixture
+def sim_env(
+    simulator: KlaviyoSimulator, db_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> dict[str, str]:
+    """Environment variables that point the code location at the simulator and a fresh DuckDB file."""
+    env = {
+        "KLAVIYO_API_KEY": simulator.api_key,
+        "KLAVIYO_BASE_URL": simulator.base_url,
+        "OMNILOAD_START_DATE": SIM_START.date().isoformat(),
+        "OMNILOAD_DUCKDB_PATH": str(db_path),
+        "OMNILOAD_STAGING_DIR": str(tmp_path / "staging"),
+    }
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    return env
+
+
+@pytest.fixture
+def defs(sim_env: dict[str, str]) -> dg.Definitions:
+    from omniload_assets.definitions import build_definitions
+
+    return build_definitions()
+
+
+@pytest.fixture
+def instance() -> Iterator[dg.DagsterInstance]:
+    with dg.DagsterInstance.ephemeral() as inst:
+        yield inst
+
+
+def table_ids(db_path: Path, table: str) -> list[str]:
+    """Every id in ``klaviyo.<table>`` (duplicates kept, so callers can check for them)."""
+    with duckdb.connect(str(db_path), read_only=True) as conn:
+        return [r[0] for r in conn.execute(f'SELECT id FROM klaviyo."{table}"').fetchall()]
+
+
+def table_rows(db_path: Path, table: str) -> list[tuple]:
+    """The table's rows without load metadata, sorted: for before/after comparisons."""
+    with duckdb.connect(str(db_path), read_only=True) as conn:
+        cols = [
+            r[0]
+            for r in conn.execute(
+                "SELECT column_name FROM information_schema.columns WHERE table_schema='klaviyo' "
+                "AND table_name=? AND column_name NOT IN ('_loaded_at', '_run_id') ORDER BY ordinal_position",
+                [table],
+            ).fetchall()
+        ]
+        select = ", ".join(f'"{c}"' for c in cols)
+        return conn.execute(f'SELECT {select} FROM klaviyo."{table}" ORDER BY id').fetchall()

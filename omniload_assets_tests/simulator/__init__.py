@@ -1,0 +1,7 @@
+"""A faithful Klaviyo REST API simulator (revision 2026-10-15) for tests and demos."""
+
+from .api import Stats
+from .endpoints import ALL_SCOPES, ENDPOINTS, REVISION
+from .simulator import KlaviyoSimulator
+
+__all__ = ["ALL_SCOPES", "ENDPOINTS", "REVISION", "KlaviyoSimulator", "Stats"]

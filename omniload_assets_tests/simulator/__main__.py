@@ -1,0 +1,66 @@
+"""``python -m omniload_assets_tests.simulator --port N``: serve a simulator until SIGINT/SIGTERM."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import threading
+from types import FrameType
+
+from .simulator import KlaviyoSimulator
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m omniload_assets_tests.simulator", description="Serve a Klaviyo API simulator."
+    )
+    parser.add_argument("--port", type=int, default=0, help="port on 127.0.0.1 (0: pick a free one)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--events", type=int, default=None, help="number of events")
+    parser.add_argument("--profiles", type=int, default=None, help="number of profiles")
+    parser.add_argument(
+        "--latency",
+        nargs="?",
+        type=float,
+        const=1.0,
+        default=0.0,
+        help="simulate serving time (optionally a multiplier)",
+    )
+    parser.add_argument("--no-rate-limits", action="store_true", help="lift Klaviyo's rate limits")
+    parser.add_argument("--api-key", default="pk_test_simulator")
+    return parser
+
+
+def main() -> None:
+    """Parse arguments, start the simulator, print its base URL, serve until signalled."""
+    args = _parser().parse_args()
+    scale = {}
+    if args.events is not None:
+        scale["events"] = args.events
+    if args.profiles is not None:
+        scale["profiles"] = args.profiles
+    sim = KlaviyoSimulator(
+        seed=args.seed,
+        api_key=args.api_key,
+        scale=scale or None,
+        rate_limits=not args.no_rate_limits,
+        latency=args.latency,
+        port=args.port,
+    )
+    done = threading.Event()
+
+    def _stop(signum: int, frame: FrameType | None) -> None:
+        done.set()
+
+    signal.signal(signal.SIGINT, _stop)
+    signal.signal(signal.SIGTERM, _stop)
+    print(sim.start(), flush=True)
+    try:
+        while not done.wait(0.5):
+            pass
+    finally:
+        sim.stop()
+
+
+if __name__ == "__main__":
+    main()

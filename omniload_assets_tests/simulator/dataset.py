@@ -1,0 +1,290 @@
+"""The simulated account's data: every table's current records, ground truth and mutations."""
+
+from __future__ import annotations
+
+import random
+import threading
+from collections.abc import Collection, Iterator
+from datetime import datetime
+from typing import Any
+
+import orjson
+
+from .data import DEFAULT_COUNTS, Factory
+from .endpoints import Endpoint, endpoint
+from .events import EventStore
+from .store import Getter, Key, Record, Scan, TableStore, gc_paused
+from .timeutil import US, iso, to_us, value_us
+
+#: The attribute ``mutate`` changes in each table (dotted below ``attributes``).
+TOUCH: dict[str, str] = {
+    "events": "event_properties",
+    "profiles": "properties",
+    "campaigns": "definition.name",
+    "metrics": "name",
+    "tags": "name",
+    "coupons": "description",
+    "catalog-variants": "price",
+    "catalog-categories": "name",
+    "catalog-items": "price",
+    "flows": "name",
+    "lists": "name",
+    "images": "name",
+    "segments": "name",
+    "forms": "name",
+    "templates": "html",
+}
+
+
+def copy_json(value: Any) -> Any:
+    """A deep copy of a JSON value."""
+    return orjson.loads(orjson.dumps(value))
+
+
+def _touched(value: Any, n: int) -> Any:
+    if isinstance(value, bool):
+        return not value
+    if isinstance(value, int | float):
+        return round(value + 1.25, 2)
+    if isinstance(value, dict):
+        return {**value, "sim_revision": n}
+    if isinstance(value, str):
+        return f"{value} (rev {n})"
+    return f"rev {n}"
+
+
+def shape(
+    record: Record, ep: Endpoint, additional: Collection[str], fields: Collection[str] | None
+) -> Record:
+    """The record as served: additional fields only when asked for, sparse fieldsets applied."""
+    attributes = record.get("attributes")
+    if not isinstance(attributes, dict):
+        return record
+    hidden = [name for name in ep.additional_fields if name not in additional and name in attributes]
+    if not hidden and fields is None:
+        return record
+    keep = None if fields is None else {f.split(".")[0] for f in fields}
+    shaped = {k: v for k, v in attributes.items() if k not in hidden and (keep is None or k in keep)}
+    return {**record, "attributes": shaped}
+
+
+class Dataset:
+    """All tables of one simulated account. Every public method holds ``lock``."""
+
+    def __init__(
+        self,
+        seed: int,
+        start: datetime,
+        end: datetime,
+        scale: dict[str, int] | None = None,
+    ) -> None:
+        counts = dict(DEFAULT_COUNTS)
+        for table, count in (scale or {}).items():
+            counts[endpoint(table).table] = int(count)
+        self.seed = seed
+        self.counts = counts
+        self.start_us = to_us(start)
+        self.end_us = to_us(end)
+        if self.end_us <= self.start_us:
+            raise ValueError("end must be after start")
+        self.lock = threading.RLock()
+        self.factory = Factory(seed, self.start_us, self.end_us, counts)
+        self._tables: dict[str, TableStore] = {}
+        self._added: dict[str, int] = {}
+        self._mutations: dict[str, int] = {}
+        metrics = self.table("metrics")
+        names = [(rid, str(rec["attributes"]["name"])) for rid, rec in metrics.records.items()]
+        self.events = EventStore(self.factory, counts["events"], names, counts["profiles"])
+
+    # -- access -------------------------------------------------------------------------
+    def table(self, name: str) -> TableStore:
+        """The materialized store of a non-event table, built on first use."""
+        with self.lock:
+            store = self._tables.get(name)
+            if store is None:
+                store = TableStore()
+                with gc_paused():
+                    for j in range(self.counts[name]):
+                        built = self.factory.build(name, j)
+                        store.put(built.record, built.meta)
+                self._tables[name] = store
+            return store
+
+    def scanner(
+        self, ep: Endpoint, sort_path: str, as_datetime: bool, bounds: tuple[int | None, int | None]
+    ) -> Scan:
+        """A key-ordered scan over a table (events: within ``bounds`` in epoch µs)."""
+        if ep.table != "events":
+            return self.table(ep.table).scanner(sort_path, as_datetime)
+        lo, hi = bounds
+        events = self.events
+
+        def scan(after: Key | None, ascending: bool) -> Iterator[tuple[Key, Getter]]:
+            for key, get in events.scan(after, ascending, lo, hi):
+                yield key, (lambda g=get: (g(), {}))
+
+        return scan
+
+    def get(self, table: str, rid: str) -> Record | None:
+        """The current record with id ``rid`` (not a copy), or None."""
+        with self.lock:
+            if table == "events":
+                rank = self.events.rank_of(rid)
+                return None if rank is None else self.events.get(rank)
+            return self.table(table).records.get(rid)
+
+    def campaign_messages(self, campaign_id: str) -> list[Record]:
+        """The campaign-message resources of a campaign."""
+        with self.lock:
+            return list(self.table("campaigns").meta.get(campaign_id, {}).get("messages", []))
+
+    def campaign_channels(self) -> dict[str, str]:
+        """Campaign id -> channel of its message (email, sms or mobile_push)."""
+        with self.lock:
+            meta = self.table("campaigns").meta
+            return {rid: str(m.get("channel")) for rid, m in meta.items()}
+
+    # -- ground truth -------------------------------------------------------------------
+    def records(self, table: str, additional_fields: Collection[str] = ()) -> list[Record]:
+        """Deep copies of every current record, as served without sparse fieldsets."""
+        if table == "campaign-messages":
+            with self.lock:
+                meta = self.table("campaigns").meta
+                return copy_json([m for rid in meta for m in meta[rid].get("messages", [])])
+        ep = endpoint(table)
+        with self.lock:
+            if ep.table == "events":
+                items = [get() for _, get in self.events.scan(None, True)]
+            else:
+                items = list(self.table(ep.table).records.values())
+            return [copy_json(shape(r, ep, additional_fields, None)) for r in items]
+
+    def ids(self, table: str, start: datetime | None = None, end: datetime | None = None) -> set[str]:
+        """Ids whose incremental key lies in ``[start, end)``; all ids for keyless tables."""
+        ep = endpoint(table)
+        lo = None if start is None else to_us(start)
+        hi = None if end is None else to_us(end)
+        with self.lock:
+            if ep.table == "events":
+                return self.events.ids(lo, hi)
+            records = self.table(ep.table).records
+            if ep.incremental_key is None or (lo is None and hi is None):
+                return set(records)
+            out = set()
+            for rid, record in records.items():
+                us = value_us(record.get("attributes", {}).get(ep.incremental_key))
+                if us is not None and (lo is None or us >= lo) and (hi is None or us < hi):
+                    out.add(rid)
+            return out
+
+    # -- changes ------------------------------------------------------------------------
+    def _stamp(self, ep: Endpoint, at_us: int) -> str:
+        return iso(at_us - at_us % US, micro=False) if ep.table == "metrics" else iso(at_us)
+
+    def _touch(self, ep: Endpoint, record: Record, n: int, at_us: int | None) -> Record:
+        record = copy_json(record)
+        attributes = record.setdefault("attributes", {})
+        *parents, leaf = TOUCH[ep.table].split(".")
+        target = attributes
+        for part in parents:
+            target = target.setdefault(part, {})
+        target[leaf] = _touched(target.get(leaf), n)
+        if at_us is not None and ep.incremental_key is not None:
+            attributes[ep.incremental_key] = self._stamp(ep, at_us)
+            if ep.table == "events":
+                attributes["timestamp"] = at_us // US
+        return record
+
+    def mutate(
+        self, table: str, updated: int = 5, added: int = 5, at: datetime | None = None
+    ) -> dict[str, list[str]]:
+        """Change ``updated`` existing records and add ``added`` new ones, keyed at ``at``."""
+        ep = endpoint(table)
+        at_us = None if at is None else to_us(at)
+        with self.lock:
+            n = self._mutations.get(ep.table, 0) + 1
+            self._mutations[ep.table] = n
+            rng = random.Random(f"{self.seed}:mutate:{ep.table}:{n}")
+            changed: list[str] = []
+            if ep.table == "events":
+                changed = self._mutate_events(ep, rng, updated, n, at_us)
+            else:
+                store = self.table(ep.table)
+                ids = list(store.records)
+                for rid in rng.sample(ids, min(updated, len(ids))):
+                    store.put(self._touch(ep, store.records[rid], n, at_us))
+                    changed.append(rid)
+            new: list[str] = []
+            key_us = self.end_us if at_us is None else at_us
+            for _ in range(added):
+                if ep.table == "events":
+                    record = self.events.new_rank_record(key_us)
+                    self.events.put(record)
+                    new.append(str(record["id"]))
+                    continue
+                j = self.counts[ep.table] + self._added.get(ep.table, 0)
+                self._added[ep.table] = self._added.get(ep.table, 0) + 1
+                built = self.factory.build(ep.table, j, key_us)
+                self.table(ep.table).put(built.record, built.meta)
+                new.append(str(built.record["id"]))
+            return {"updated": changed, "added": new}
+
+    def _mutate_events(
+        self, ep: Endpoint, rng: random.Random, updated: int, n: int, at_us: int | None
+    ) -> list[str]:
+        events = self.events
+        changed: list[str] = []
+        seen: set[int] = set()
+        candidates = list(events.overlay) if events.count == 0 else None
+        attempts = 0
+        while len(changed) < min(updated, len(events)) and attempts < updated * 50:
+            attempts += 1
+            if candidates is not None:
+                rank = rng.choice(candidates)
+            else:
+                rank = rng.randrange(events.count)
+                if rank in events.shadowed and rank not in events.overlay:
+                    continue
+            if rank in seen:
+                continue
+            seen.add(rank)
+            record = self._touch(ep, events.get(rank), n, at_us)
+            events.put(record)
+            changed.append(str(record["id"]))
+        return changed
+
+    def add_record(self, table: str, record: Record, meta: dict[str, Any] | None = None) -> None:
+        """Add (or replace, by id) a whole resource object, whatever its attributes hold."""
+        ep = endpoint(table)
+        record = copy_json(record)
+        if "id" not in record:
+            raise ValueError("a record needs an id")
+        record.setdefault("type", ep.resource_type)
+        record.setdefault("attributes", {})
+        with self.lock:
+            if ep.table == "events":
+                self.events.put(record)
+            else:
+                self.table(ep.table).put(record, meta)
+
+    def set_attribute(self, table: str, rid: str, name: str, value: Any) -> None:
+        """Set ``attributes[name]`` of a record to any JSON value (schema drift)."""
+        ep = endpoint(table)
+        with self.lock:
+            current = self.get(ep.table, rid)
+            if current is None:
+                raise KeyError(f"no {ep.table} record with id {rid!r}")
+            record = copy_json(current)
+            record.setdefault("attributes", {})[name] = copy_json(value)
+            if ep.table == "events":
+                self.events.put(record)
+            else:
+                self.table(ep.table).put(record)
+
+    def delete_record(self, table: str, rid: str) -> bool:
+        """Remove a record (a hard delete upstream); False if there was none."""
+        ep = endpoint(table)
+        with self.lock:
+            if ep.table == "events":
+                return self.events.delete(rid)
+            return self.table(ep.table).delete(rid)

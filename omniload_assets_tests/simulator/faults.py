@@ -1,0 +1,65 @@
+"""Injected faults: transient 5xx and 429s, slow responses, dropped/truncated bodies, loops."""
+
+from __future__ import annotations
+
+import random
+import threading
+from dataclasses import dataclass
+
+KINDS = frozenset({"500", "502", "503", "504", "429", "slow", "drop", "truncate", "repeat_cursor"})
+
+
+@dataclass
+class Fault:
+    """One armed fault.
+
+    ``rate`` is the probability per matching request; ``count`` (if set) how many more times it
+    fires; ``path`` limits it to one endpoint. ``retry_after`` is the 429's ``Retry-After``,
+    ``seconds`` how long ``slow`` stalls, ``malformed`` makes ``truncate`` send a complete
+    response whose JSON is broken instead of a short one.
+    """
+
+    kind: str
+    rate: float = 1.0
+    count: int | None = None
+    path: str | None = None
+    retry_after: int = 1
+    seconds: float = 30.0
+    malformed: bool = False
+
+
+class FaultInjector:
+    """Decides, per request, which armed fault (if any) fires; deterministic from the seed."""
+
+    def __init__(self, seed: int) -> None:
+        self._rng = random.Random(f"faults:{seed}")
+        self._faults: list[Fault] = []
+        self._lock = threading.Lock()
+
+    def add(self, fault: Fault) -> None:
+        if fault.kind not in KINDS:
+            raise ValueError(f"unknown fault kind {fault.kind!r}; valid: {', '.join(sorted(KINDS))}")
+        if not 0.0 <= fault.rate <= 1.0:
+            raise ValueError("rate must be within [0, 1]")
+        with self._lock:
+            self._faults.append(fault)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._faults.clear()
+
+    def pick(self, path: str) -> Fault | None:
+        """The fault to inject on a request for ``path`` (``/api/events``), or None."""
+        with self._lock:
+            for fault in self._faults:
+                if fault.path is not None and fault.path != path:
+                    continue
+                if fault.count is not None and fault.count <= 0:
+                    continue
+                if fault.rate < 1.0 and self._rng.random() >= fault.rate:
+                    continue
+                if fault.count is not None:
+                    fault.count -= 1
+                return fault
+            self._faults = [f for f in self._faults if f.count is None or f.count > 0]
+        return None

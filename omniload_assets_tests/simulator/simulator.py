@@ -1,0 +1,210 @@
+"""``KlaviyoSimulator``: the public face — lifecycle, ground truth, mutations, faults, limits."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Collection, Iterable, Mapping
+from datetime import UTC, datetime
+from types import TracebackType
+from typing import Any
+
+from .api import Api, Stats
+from .dataset import Dataset
+from .endpoints import ALL_SCOPES, ENDPOINTS, REVISION, Tier, endpoint
+from .faults import Fault
+from .server import SimulatorServer
+
+DEFAULT_START = datetime(2024, 1, 1, tzinfo=UTC)
+DEFAULT_END = datetime(2024, 2, 1, tzinfo=UTC)
+
+
+class KlaviyoSimulator:
+    """A faithful local stand-in for Klaviyo's REST API (revision 2026-10-15), over real HTTP.
+
+    ``scale`` maps table names to record counts (``{"events": 1_000_000, "profiles": 50_000}``);
+    ``latency`` is False, True or a multiplier of realistic serving time; ``clock`` (seconds, like
+    ``time.time``) drives the rate-limit windows. ``scopes`` and ``api_key`` may be reassigned
+    while running.
+    """
+
+    def __init__(
+        self,
+        seed: int = 0,
+        api_key: str = "pk_test_simulator",
+        revision: str = REVISION,
+        scale: Mapping[str, int] | None = None,
+        rate_limits: bool = True,
+        latency: bool | float = False,
+        start: datetime = DEFAULT_START,
+        end: datetime = DEFAULT_END,
+        *,
+        scopes: Iterable[str] | None = None,
+        clock: Callable[[], float] | None = None,
+        host: str = "127.0.0.1",
+        port: int = 0,
+    ) -> None:
+        if revision != REVISION:
+            raise ValueError(f"the simulator implements revision {REVISION} only, not {revision!r}")
+        self.seed = seed
+        self.api_key = api_key
+        self.revision = revision
+        self.rate_limits = rate_limits
+        self.latency: float = float(latency)
+        self.scopes: set[str] = set(ALL_SCOPES if scopes is None else scopes)
+        self.start_time = start
+        self.end_time = end
+        self.host = host
+        self.port = port
+        self._data = Dataset(seed, start, end, dict(scale) if scale else None)
+        self._api = Api(self, self._data, clock or time.time)
+        self._server: SimulatorServer | None = None
+        self._thread: threading.Thread | None = None
+        self._base_url: str | None = None
+
+    # -- lifecycle ----------------------------------------------------------------------
+    def start(self) -> str:
+        """Start serving on a background thread; returns the base URL (``http://127.0.0.1:N``)."""
+        if self._server is not None:
+            return self.base_url
+        server = SimulatorServer((self.host, self.port), self._api)
+        self._server = server
+        port = server.server_address[1]
+        self._base_url = f"http://{self.host}:{port}"
+        self._thread = threading.Thread(
+            target=server.serve_forever, kwargs={"poll_interval": 0.05}, name="klaviyo-sim", daemon=True
+        )
+        self._thread.start()
+        return self._base_url
+
+    def stop(self) -> None:
+        """Stop serving and close every connection."""
+        server, self._server = self._server, None
+        if server is None:
+            return
+        server.stopping.set()
+        server.shutdown()
+        server.close_connections()
+        server.server_close()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+            self._thread = None
+
+    def __enter__(self) -> KlaviyoSimulator:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    @property
+    def base_url(self) -> str:
+        """``http://127.0.0.1:PORT`` once started."""
+        if self._base_url is None:
+            raise RuntimeError("the simulator is not started")
+        return self._base_url
+
+    @property
+    def counts(self) -> dict[str, int]:
+        """Generated record counts per table (before mutations)."""
+        return dict(self._data.counts)
+
+    # -- ground truth -------------------------------------------------------------------
+    def records(self, table: str, additional_fields: Collection[str] = ()) -> list[dict[str, Any]]:
+        """Every current resource object of ``table`` (archived included), deep-copied.
+
+        Shaped as a request without sparse fieldsets would get them: attributes behind
+        ``additional-fields`` (profiles' subscriptions / predictive_analytics, templates'
+        definition) only when named in ``additional_fields``. ``"campaign-messages"`` gives the
+        campaigns' messages. For events at scale this builds every event: mind the memory.
+        """
+        return self._data.records(table, additional_fields)
+
+    def ids(self, table: str, start: datetime | None = None, end: datetime | None = None) -> set[str]:
+        """Ids whose incremental key lies in ``[start, end)``; tables without one give all ids."""
+        return self._data.ids(table, start, end)
+
+    def campaign_channels(self) -> dict[str, str]:
+        """Campaign id -> channel (``email``, ``sms``, ``mobile_push``)."""
+        return self._data.campaign_channels()
+
+    # -- changes ------------------------------------------------------------------------
+    def mutate(
+        self, table: str, updated: int = 5, added: int = 5, at: datetime | None = None
+    ) -> dict[str, list[str]]:
+        """Update ``updated`` records (one attribute changed, incremental key set to ``at``) and
+        add ``added`` new ones keyed at ``at`` (default: updates keep their key, additions get
+        ``end``). Returns ``{"updated": [ids], "added": [ids]}``."""
+        return self._data.mutate(table, updated, added, at)
+
+    def add_record(self, table: str, record: dict[str, Any]) -> None:
+        """Add or replace (by id) a resource object; attributes may hold anything (drift)."""
+        self._data.add_record(table, record)
+
+    def set_attribute(self, table: str, id: str, name: str, value: Any) -> None:  # noqa: A002
+        """Set ``attributes[name]`` of record ``id`` to any JSON value, new names included."""
+        self._data.set_attribute(table, id, name, value)
+
+    def delete_record(self, table: str, id: str) -> bool:  # noqa: A002
+        """Remove a record, as a hard delete upstream would."""
+        return self._data.delete_record(table, id)
+
+    # -- faults, limits, stats ----------------------------------------------------------
+    def set_fault(
+        self,
+        kind: str,
+        rate: float = 1.0,
+        count: int | None = None,
+        path: str | None = None,
+        *,
+        retry_after: int = 1,
+        seconds: float = 30.0,
+        malformed: bool = False,
+    ) -> None:
+        """Arm a fault: ``500``/``502``/``503``/``504``, ``429`` (``retry_after``), ``slow``
+        (stall ``seconds``), ``drop`` (close mid-body), ``truncate`` (short body, or complete but
+        ``malformed`` JSON), ``repeat_cursor`` (``links.next`` = this page again).
+
+        ``rate``: probability per matching request (seeded); ``count``: only the next N matching
+        requests; ``path``: only that endpoint (``/api/events`` or ``events``).
+        """
+        if path is not None and not path.startswith("/"):
+            path = endpoint(path).path
+        elif path is not None:
+            path = path.rstrip("/")
+        self._api.faults.add(Fault(kind, rate, count, path, retry_after, seconds, malformed))
+
+    def clear_faults(self) -> None:
+        """Disarm every fault."""
+        self._api.faults.clear()
+
+    def set_rate_limit(self, table: str, burst: int, steady: int) -> None:
+        """Override one endpoint's limits (per second / per minute)."""
+        self._api.tier_overrides[endpoint(table).table] = Tier("custom", burst, steady)
+
+    def reset_rate_limits(self) -> None:
+        """Drop overrides and forget the requests counted so far."""
+        self._api.tier_overrides.clear()
+        self._api.limiter.reset()
+
+    @property
+    def stats(self) -> Stats:
+        """A snapshot of the counters: ``requests`` per path, ``statuses``, ``faults`` per kind,
+        ``throttled`` (429s sent), ``pages`` (200 list pages served), ``records`` served."""
+        with self._api.stats_lock:
+            return self._api.stats.copy()
+
+    def reset_stats(self) -> None:
+        """Zero the counters."""
+        with self._api.stats_lock:
+            self._api.stats = Stats()
+
+    @staticmethod
+    def tables() -> list[str]:
+        """The 15 table names."""
+        return list(ENDPOINTS)

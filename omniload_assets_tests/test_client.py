@@ -1,0 +1,833 @@
+"""Unit tests of the Klaviyo HTTP client against pytest-httpx mocks (no network, no real sleeping)."""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+from collections import Counter
+from datetime import UTC, datetime, timedelta, timezone
+from urllib.parse import parse_qs
+
+import httpx
+import pytest
+
+from omniload_assets.klaviyo.catalog import get_table
+from omniload_assets.klaviyo.client import ClientStats, KlaviyoClient
+from omniload_assets.klaviyo.errors import (
+    KlaviyoAPIError,
+    KlaviyoAuthError,
+    KlaviyoConfigError,
+    KlaviyoPaginationError,
+    KlaviyoPermissionError,
+    KlaviyoQuotaExhausted,
+    KlaviyoUnavailableError,
+)
+from omniload_assets.klaviyo.ratelimit import SlidingWindowLimiter
+from omniload_assets.klaviyo.resource import KlaviyoResource
+from omniload_assets.klaviyo.windows import TimeWindow, parse_datetime
+
+KEY = "pk_unit_test_3f9c2a7be41d4c08a6b5e9d1"
+BASE = "https://a.klaviyo.com"
+D0 = datetime(2024, 1, 5, tzinfo=UTC)
+D1 = D0 + timedelta(days=1)
+D2 = D1 + timedelta(days=1)
+DAY = TimeWindow(D0, D1)
+NEXT_DAY = TimeWindow(D1, D2)
+US = timedelta(microseconds=1)
+
+EVENTS = get_table("events")
+
+EVENTS_DAY_FILTER = (
+    "and(greater-or-equal(datetime,2024-01-05T00:00:00+00:00),less-than(datetime,2024-01-06T00:00:00+00:00))"
+)
+
+
+# -- helpers -------------------------------------------------------------------------------------
+
+
+def iso(value: datetime) -> str:
+    return value.astimezone(UTC).isoformat()
+
+
+def resource(table: str, rid: str, when: datetime | str | None) -> dict:
+    spec = get_table(table)
+    attributes = {}
+    if spec.incremental_key is not None and when is not None:
+        attributes[spec.incremental_key] = iso(when) if isinstance(when, datetime) else when
+    return {"type": spec.resource_type, "id": rid, "attributes": attributes}
+
+
+def page(records: list[dict], next_url: str | None = None) -> dict:
+    return {"data": records, "links": {"self": f"{BASE}/api/x", "next": next_url, "prev": None}}
+
+
+def query(request: httpx.Request) -> dict[str, list[str]]:
+    """The decoded query of a request (values as a server would decode them)."""
+    return parse_qs(request.url.query.decode(), keep_blank_values=True)
+
+
+def single(request: httpx.Request, name: str) -> str | None:
+    values = query(request).get(name)
+    if values is None:
+        return None
+    assert len(values) == 1, f"{name} sent {len(values)} times"
+    return values[0]
+
+
+def ids(batches) -> list[str]:
+    return [r["id"] for batch in batches for r in batch]
+
+
+def error_body(detail: str, status: int, code: str = "error") -> dict:
+    return {
+        "errors": [
+            {
+                "id": "a1b2c3",
+                "status": status,
+                "code": code,
+                "title": "Error",
+                "detail": detail,
+                "source": {"pointer": "/data/"},
+            }
+        ]
+    }
+
+
+@pytest.fixture
+def sleeps() -> list[float]:
+    return []
+
+
+@pytest.fixture
+def client(sleeps: list[float]):
+    c = KlaviyoClient(KEY, pace=False, sleep=sleeps.append, max_retries=3, max_retry_after_s=60)
+    yield c
+    c.close()
+
+
+# -- headers -------------------------------------------------------------------------------------
+
+
+def test_every_request_carries_auth_revision_and_accept_headers(httpx_mock, client):
+    next_url = f"{BASE}/api/events?page%5Bcursor%5D=c2&page%5Bsize%5D=1000"
+    httpx_mock.add_response(json=page([resource("events", "e1", D0)], next_url))
+    httpx_mock.add_response(status_code=503)  # the retried request must carry them too
+    httpx_mock.add_response(json=page([resource("events", "e2", D0)]))
+
+    assert ids(client.iter_records(EVENTS, DAY)) == ["e1", "e2"]
+
+    requests = httpx_mock.get_requests()
+    assert len(requests) == 3
+    for request in requests:
+        assert request.headers["Authorization"] == f"Klaviyo-API-Key {KEY}"
+        assert request.headers["revision"] == "2026-10-15"
+        assert request.headers["Accept"] == "application/vnd.api+json"
+        assert request.method == "GET"
+
+
+# -- pagination ----------------------------------------------------------------------------------
+
+
+def test_follows_links_next_verbatim_until_null(httpx_mock, client):
+    next2 = f"{BASE}/api/events?filter=x&page%5Bcursor%5D=bmV4dDo6MQ&page%5Bsize%5D=1000"
+    next3 = f"{BASE}/api/events?filter=x&page%5Bcursor%5D=bmV4dDo6Mg&page%5Bsize%5D=1000"
+    httpx_mock.add_response(json=page([resource("events", "e1", D0)], next2))
+    httpx_mock.add_response(json=page([resource("events", "e2", D0), resource("events", "e3", D0)], next3))
+    httpx_mock.add_response(json=page([resource("events", "e4", D0)], None))
+    stats = ClientStats()
+
+    batches = list(client.iter_records(EVENTS, DAY, stats=stats))
+
+    assert [[r["id"] for r in b] for b in batches] == [["e1"], ["e2", "e3"], ["e4"]]
+    first, second, third = httpx_mock.get_requests()
+    assert first.url.path == "/api/events"
+    assert "page[cursor]" not in query(first)
+    # Later pages are exactly the URLs Klaviyo handed out: no cursor built, no parameter re-added.
+    assert second.url == httpx.URL(next2)
+    assert third.url == httpx.URL(next3)
+    assert stats.pages == 3
+    assert stats.records == 4
+
+
+def test_repeating_links_next_raises_pagination_error(httpx_mock, client):
+    loop = f"{BASE}/api/events?page%5Bcursor%5D=same"
+    httpx_mock.add_response(json=page([resource("events", "e1", D0)], loop))
+    httpx_mock.add_response(json=page([resource("events", "e2", D0)], loop))
+
+    with pytest.raises(KlaviyoPaginationError, match="same next page"):
+        list(client.iter_records(EVENTS, DAY))
+    assert len(httpx_mock.get_requests()) == 2
+
+
+def test_empty_listing_is_one_request(httpx_mock, client):
+    httpx_mock.add_response(json={"data": [], "links": {"next": None}})
+    assert ids(client.iter_records(EVENTS, DAY)) == []
+    assert len(httpx_mock.get_requests()) == 1
+
+
+# -- filters and page size -----------------------------------------------------------------------
+
+
+def test_events_window_filter_is_exact_and_url_encoded(httpx_mock, client):
+    httpx_mock.add_response(json=page([]))
+
+    list(client.iter_records(EVENTS, DAY))
+
+    request = httpx_mock.get_request()
+    assert single(request, "filter") == EVENTS_DAY_FILTER
+    raw = request.url.query.decode()
+    # '+' of the offset must travel as %2B, or the server reads a space.
+    assert "%2B00%3A00" in raw
+    assert "+" not in raw
+    assert single(request, "page[size]") == "1000"
+
+
+def test_events_window_in_another_timezone_is_sent_in_utc(httpx_mock, client):
+    httpx_mock.add_response(json=page([]))
+    plus2 = datetime(2024, 1, 5, 2, tzinfo=timezone(timedelta(hours=2)))
+    list(client.iter_records(EVENTS, TimeWindow(plus2, plus2 + timedelta(days=1))))
+    assert single(httpx_mock.get_request(), "filter") == EVENTS_DAY_FILTER
+
+
+def test_profiles_use_greater_than_start_minus_one_microsecond_and_less_than(httpx_mock, client):
+    httpx_mock.add_response(json=page([]))
+
+    list(client.iter_records(get_table("profiles"), DAY))
+
+    request = httpx_mock.get_request()
+    assert single(request, "filter") == (
+        "and(greater-than(updated,2024-01-04T23:59:59.999999+00:00),"
+        "less-than(updated,2024-01-06T00:00:00+00:00))"
+    )
+    assert single(request, "page[size]") == "100"
+    assert single(request, "additional-fields[profile]") == "subscriptions"
+
+
+@pytest.mark.parametrize("table", ["lists", "segments"])
+def test_greater_than_only_endpoints_bound_the_upper_end_client_side(httpx_mock, client, table):
+    records = [
+        resource(table, "before", D0 - US),
+        resource(table, "at-start", D0),
+        resource(table, "inside", D0 + timedelta(hours=5)),
+        resource(table, "last-us", D1 - US),
+        resource(table, "at-end", D1),
+        resource(table, "after", D1 + timedelta(hours=3)),
+    ]
+    httpx_mock.add_response(json=page(records))
+
+    got = ids(client.iter_records(get_table(table), DAY))
+
+    assert got == ["at-start", "inside", "last-us"]
+    request = httpx_mock.get_request()
+    assert single(request, "filter") == "greater-than(updated,2024-01-04T23:59:59.999999+00:00)"
+    assert single(request, "page[size]") == "10"
+
+
+@pytest.mark.parametrize("table", ["metrics", "catalog-variants", "catalog-categories", "catalog-items"])
+def test_unfilterable_endpoints_send_no_filter_and_window_client_side(httpx_mock, client, table):
+    spec = get_table(table)
+    records = [
+        resource(table, "old", D0 - timedelta(days=30)),
+        resource(table, "before", D0 - US),
+        resource(table, "at-start", D0),
+        resource(table, "inside", "2024-01-05 12:00:00Z"),  # space-separated, Z
+        resource(table, "at-end", D1),
+        resource(table, "future", D1 + timedelta(days=1)),
+    ]
+    httpx_mock.add_response(json=page(records))
+
+    got = ids(client.iter_records(spec, DAY))
+
+    assert got == ["at-start", "inside"]
+    request = httpx_mock.get_request()
+    assert "filter" not in query(request)
+    if table == "metrics":
+        assert "page[size]" not in query(request)
+    else:
+        assert single(request, "page[size]") == "100"
+
+
+def test_metrics_send_no_page_size_even_when_one_is_configured(httpx_mock, client):
+    httpx_mock.add_response(json=page([]))
+    list(client.iter_records(get_table("metrics"), DAY, page_size=50))
+    assert "page[size]" not in query(httpx_mock.get_request())
+
+
+@pytest.mark.parametrize(("table", "key"), [("campaigns", "updated_at"), ("flows", "updated")])
+def test_campaigns_and_flows_query_archived_and_unarchived(httpx_mock, client, table, key):
+    window = f"greater-or-equal({key},2024-01-05T00:00:00+00:00),less-than({key},2024-01-06T00:00:00+00:00)"
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        archived = "equals(archived,true)" in single(request, "filter")
+        rid = "archived-one" if archived else "live-one"
+        return httpx.Response(200, json=page([resource(table, rid, D0 + timedelta(hours=1))]))
+
+    httpx_mock.add_callback(answer, is_reusable=True)
+
+    got = ids(client.iter_records(get_table(table), DAY))
+
+    assert sorted(got) == ["archived-one", "live-one"]
+    filters = sorted(single(r, "filter") for r in httpx_mock.get_requests())
+    assert filters == [
+        f"and(equals(archived,false),{window})",
+        f"and(equals(archived,true),{window})",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("table", "page_size", "expected"),
+    [
+        ("events", None, "1000"),
+        ("events", 250, "250"),
+        ("events", 5000, "1000"),
+        ("flows", None, "50"),
+        ("flows", 100, "50"),
+        ("lists", None, "10"),
+        ("tags", None, "50"),
+        ("coupons", 1000, "100"),
+    ],
+)
+def test_page_size_defaults_to_and_is_capped_at_the_endpoint_maximum(
+    httpx_mock, client, table, page_size, expected
+):
+    httpx_mock.add_response(json=page([]), is_reusable=True)
+    spec = get_table(table)
+    list(client.iter_records(spec, DAY if spec.incremental_key else None, page_size=page_size))
+    for request in httpx_mock.get_requests():
+        assert single(request, "page[size]") == expected
+
+
+def test_replace_tables_send_no_filter(httpx_mock, client):
+    httpx_mock.add_response(json=page([{"type": "tag", "id": "t1", "attributes": {"name": "x"}}]))
+    assert ids(client.iter_records(get_table("tags"))) == ["t1"]
+    assert "filter" not in query(httpx_mock.get_request())
+
+
+# -- window boundaries ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("table", ["events", "profiles", "lists", "segments", "metrics", "catalog-items"])
+def test_records_on_a_boundary_land_in_exactly_one_of_two_adjacent_windows(httpx_mock, client, table):
+    # A lenient server that ignores the filter entirely: the client alone must place each record.
+    records = [
+        resource(table, "first-day-start", D0),
+        resource(table, "just-before", D1 - US),
+        resource(table, "on-boundary", D1),
+        resource(table, "on-boundary-offset", "2024-01-06T01:00:00+01:00"),
+        resource(table, "on-boundary-space-z", "2024-01-06 00:00:00Z"),
+        resource(table, "just-after", D1 + US),
+        resource(table, "second-day-end", D2),
+    ]
+    httpx_mock.add_response(json=page(records), is_reusable=True)
+    spec = get_table(table)
+
+    first = ids(client.iter_records(spec, DAY))
+    second = ids(client.iter_records(spec, NEXT_DAY))
+
+    assert first == ["first-day-start", "just-before"]
+    assert second == ["on-boundary", "on-boundary-offset", "on-boundary-space-z", "just-after"]
+    counts = Counter(first + second)
+    assert all(n == 1 for n in counts.values())
+    assert "second-day-end" not in counts
+
+
+# -- 429 -----------------------------------------------------------------------------------------
+
+
+def test_429_sleeps_for_retry_after_then_succeeds(httpx_mock, client, sleeps):
+    httpx_mock.add_response(status_code=429, headers={"Retry-After": "7"}, json=error_body("slow", 429))
+    httpx_mock.add_response(status_code=429, headers={"Retry-After": "2"}, json=error_body("slow", 429))
+    httpx_mock.add_response(json=page([resource("events", "e1", D0)]))
+    stats = ClientStats()
+
+    assert ids(client.iter_records(EVENTS, DAY, stats=stats)) == ["e1"]
+
+    assert len(sleeps) == 2
+    assert 7 <= sleeps[0] <= 7.25
+    assert 2 <= sleeps[1] <= 2.25
+    assert stats.throttled == 2
+    assert stats.requests == 3
+    assert stats.retries == 0  # throttling does not use up the retry budget
+    assert stats.throttle_wait_s == pytest.approx(sum(sleeps))
+
+
+def test_429_without_retry_after_waits_a_second(httpx_mock, client, sleeps):
+    httpx_mock.add_response(status_code=429)
+    httpx_mock.add_response(json=page([]))
+    list(client.iter_records(EVENTS, DAY))
+    assert len(sleeps) == 1
+    assert 1 <= sleeps[0] <= 1.25
+
+
+def test_429_longer_than_max_retry_after_fails_at_once_with_quota_message(httpx_mock, client, sleeps):
+    httpx_mock.add_response(status_code=429, headers={"Retry-After": "3600"}, json=error_body("daily", 429))
+    stats = ClientStats()
+
+    with pytest.raises(KlaviyoQuotaExhausted) as caught:
+        list(client.iter_records(EVENTS, DAY, stats=stats))
+
+    message = str(caught.value)
+    assert "quota" in message
+    assert "3600" in message
+    assert "max_retry_after_s" in message
+    assert caught.value.status == 429
+    assert sleeps == []
+    assert stats.throttled == 1
+    assert len(httpx_mock.get_requests()) == 1
+
+
+# -- 5xx, transport errors, broken bodies --------------------------------------------------------
+
+
+def test_5xx_is_retried_with_growing_backoff_then_succeeds(httpx_mock, client, sleeps):
+    httpx_mock.add_response(status_code=503)
+    httpx_mock.add_response(status_code=500, text="<html>oops</html>")
+    httpx_mock.add_response(status_code=502)
+    httpx_mock.add_response(json=page([resource("events", "e1", D0)]))
+    stats = ClientStats()
+
+    assert ids(client.iter_records(EVENTS, DAY, stats=stats)) == ["e1"]
+
+    # Exponential backoff with jitter: base 0.5 s doubling, times a factor in [0.5, 1].
+    assert len(sleeps) == 3
+    assert 0.25 <= sleeps[0] <= 0.5
+    assert 0.5 <= sleeps[1] <= 1.0
+    assert 1.0 <= sleeps[2] <= 2.0
+    assert stats.retries == 3
+    assert stats.requests == 4
+
+
+def test_5xx_retries_exhausted_raise_unavailable(httpx_mock, sleeps):
+    with KlaviyoClient(KEY, pace=False, sleep=sleeps.append, max_retries=2) as client:
+        for _ in range(3):
+            httpx_mock.add_response(status_code=502)
+        with pytest.raises(KlaviyoUnavailableError) as caught:
+            list(client.iter_records(EVENTS, DAY))
+    assert "/api/events" in str(caught.value)
+    assert "HTTP 502" in str(caught.value)
+    assert len(httpx_mock.get_requests()) == 3
+    assert len(sleeps) == 2
+
+
+def test_zero_retries_fail_on_the_first_5xx(httpx_mock, sleeps):
+    with KlaviyoClient(KEY, pace=False, sleep=sleeps.append, max_retries=0) as client:
+        httpx_mock.add_response(status_code=500)
+        with pytest.raises(KlaviyoUnavailableError):
+            list(client.iter_records(EVENTS, DAY))
+    assert sleeps == []
+
+
+def test_transport_errors_are_retried(httpx_mock, client, sleeps):
+    httpx_mock.add_exception(httpx.ConnectError("connection refused"))
+    httpx_mock.add_exception(httpx.ReadTimeout("read timed out"))
+    httpx_mock.add_response(json=page([resource("events", "e1", D0)]))
+    stats = ClientStats()
+
+    assert ids(client.iter_records(EVENTS, DAY, stats=stats)) == ["e1"]
+    assert len(sleeps) == 2
+    assert stats.retries == 2
+
+
+def test_transport_errors_exhausted_raise_unavailable_naming_the_error(httpx_mock, client):
+    for _ in range(4):
+        httpx_mock.add_exception(httpx.ReadTimeout("read timed out"))
+    with pytest.raises(KlaviyoUnavailableError, match="ReadTimeout"):
+        list(client.iter_records(EVENTS, DAY))
+    assert len(httpx_mock.get_requests()) == 4
+
+
+@pytest.mark.parametrize("body", [b'{"data": [{"type": "event"', b"<html>proxy</html>", b"[]", b"null"])
+def test_malformed_json_body_is_retried(httpx_mock, client, sleeps, body):
+    httpx_mock.add_response(status_code=200, content=body)
+    httpx_mock.add_response(json=page([resource("events", "e1", D0)]))
+    stats = ClientStats()
+
+    assert ids(client.iter_records(EVENTS, DAY, stats=stats)) == ["e1"]
+    assert stats.retries == 1
+    assert len(sleeps) == 1
+
+
+# -- non-retryable errors ------------------------------------------------------------------------
+
+
+def test_401_raises_auth_error_naming_the_env_var(httpx_mock, client, sleeps):
+    httpx_mock.add_response(
+        status_code=401, json=error_body("Incorrect authentication credentials.", 401, "not_authenticated")
+    )
+    with pytest.raises(KlaviyoAuthError) as caught:
+        list(client.iter_records(EVENTS, DAY))
+    assert "KLAVIYO_API_KEY" in str(caught.value)
+    assert "Incorrect authentication credentials." in str(caught.value)
+    assert caught.value.status == 401
+    assert sleeps == []
+    assert len(httpx_mock.get_requests()) == 1
+
+
+@pytest.mark.parametrize(
+    ("table", "scope"),
+    [("events", "events:read"), ("catalog-items", "catalogs:read"), ("profiles", "profiles:read")],
+)
+def test_403_raises_permission_error_naming_the_scope(httpx_mock, client, sleeps, table, scope):
+    detail = "You do not have permission to perform this action."
+    httpx_mock.add_response(status_code=403, json=error_body(detail, 403, "permission_denied"))
+    with pytest.raises(KlaviyoPermissionError) as caught:
+        list(client.iter_records(get_table(table), DAY))
+    message = str(caught.value)
+    assert f"'{scope}'" in message
+    assert detail in message
+    assert get_table(table).path in message
+    assert caught.value.status == 403
+    assert sleeps == []
+
+
+def test_400_raises_api_error_with_klaviyo_detail(httpx_mock, client, sleeps):
+    detail = "'greater-or-equal' operator is not allowed for the 'updated' field"
+    httpx_mock.add_response(status_code=400, json=error_body(detail, 400, "invalid"))
+    with pytest.raises(KlaviyoAPIError) as caught:
+        list(client.iter_records(EVENTS, DAY))
+    assert type(caught.value) is KlaviyoAPIError
+    assert detail in str(caught.value)
+    assert caught.value.status == 400
+    assert caught.value.path == "/api/events"
+    assert sleeps == []
+    assert len(httpx_mock.get_requests()) == 1
+
+
+def test_400_with_a_non_json_body_still_explains(httpx_mock, client):
+    httpx_mock.add_response(status_code=400, text="bad filter syntax near ')'")
+    with pytest.raises(KlaviyoAPIError, match="bad filter syntax"):
+        list(client.iter_records(EVENTS, DAY))
+
+
+# -- key redaction -------------------------------------------------------------------------------
+
+
+def _mock_401(m):
+    m.add_response(status_code=401, json=error_body(f"Invalid API key {KEY}", 401))
+
+
+def _mock_403(m):
+    m.add_response(status_code=403, json=error_body(f"key {KEY} lacks events:read", 403))
+
+
+def _mock_400_text(m):
+    m.add_response(status_code=400, text=f"Authorization: Klaviyo-API-Key {KEY} is malformed")
+
+
+def _mock_transport(m):
+    for _ in range(4):
+        m.add_exception(httpx.ConnectError(f"proxy refused Klaviyo-API-Key {KEY}"))
+
+
+def _mock_5xx(m):
+    for _ in range(4):
+        m.add_response(status_code=500, text=f"trace: header={KEY}")
+
+
+def _mock_quota(m):
+    m.add_response(
+        status_code=429, headers={"Retry-After": "86400"}, json=error_body(f"{KEY} over quota", 429)
+    )
+
+
+def _mock_bad_json(m):
+    for _ in range(4):
+        m.add_response(status_code=200, content=f'{{"data": "{KEY}'.encode())
+
+
+@pytest.mark.parametrize(
+    "mock",
+    [_mock_401, _mock_403, _mock_400_text, _mock_transport, _mock_5xx, _mock_quota, _mock_bad_json],
+    ids=lambda f: f.__name__.removeprefix("_mock_"),
+)
+def test_api_key_never_appears_in_errors_reprs_or_logs(httpx_mock, client, caplog, mock):
+    caplog.set_level(logging.DEBUG)
+    mock(httpx_mock)
+
+    with pytest.raises((KlaviyoAPIError, KlaviyoUnavailableError)) as caught:
+        list(client.iter_records(EVENTS, DAY))
+
+    exc: BaseException | None = caught.value
+    while exc is not None:
+        assert KEY not in str(exc)
+        assert KEY not in repr(exc)
+        exc = exc.__cause__ or exc.__context__
+    assert KEY not in repr(client)
+    assert KEY not in str(client)
+    for record in caplog.records:
+        assert KEY not in record.getMessage()
+    assert KEY not in caplog.text
+
+
+def test_redaction_keeps_the_rest_of_the_message(httpx_mock, client, caplog):
+    caplog.set_level(logging.WARNING)
+    _mock_transport(httpx_mock)
+    with pytest.raises(KlaviyoUnavailableError) as caught:
+        list(client.iter_records(EVENTS, DAY))
+    assert "proxy refused Klaviyo-API-Key ***" in str(caught.value)
+    retries = [r for r in caplog.records if "retry" in r.getMessage()]
+    assert len(retries) == 3
+    assert all("***" in r.getMessage() for r in retries)
+
+
+@pytest.mark.parametrize("api_key", [KEY, f"klaviyo://?api_key={KEY}"])
+def test_resource_repr_hides_the_key(api_key):
+    res = KlaviyoResource(api_key=api_key)
+    assert KEY not in repr(res)
+    assert KEY not in str(res)
+    with res.get_client() as c:
+        assert KEY not in repr(c)
+
+
+# -- configuration -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://a.klaviyo.com",
+        "http://example.com:8080",
+        "http://127.0.0.1.attacker.example",
+        "http://localhost.attacker.example",
+        "ftp://a.klaviyo.com",
+        "a.klaviyo.com",
+    ],
+)
+def test_plain_http_to_a_remote_host_is_refused(url):
+    with pytest.raises(KlaviyoConfigError, match="https://"):
+        KlaviyoClient(KEY, base_url=url, pace=False)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://a.klaviyo.com",
+        "http://localhost:8123",
+        "http://127.0.0.1:8123",
+        "http://127.0.0.2",
+        "http://[::1]:8123",
+    ],
+)
+def test_https_and_loopback_http_are_accepted(url):
+    with KlaviyoClient(KEY, base_url=url + "/", pace=False) as c:
+        assert c.base_url == url
+
+
+@pytest.mark.parametrize("api_key", ["", "   ", "\n"])
+def test_missing_or_blank_key_is_a_config_error_naming_the_env_var(api_key):
+    with pytest.raises(KlaviyoConfigError, match="KLAVIYO_API_KEY"):
+        KlaviyoClient(api_key, pace=False)
+
+
+@pytest.mark.parametrize("api_key", ["", "  ", "klaviyo://?api_key=", "klaviyo://"])
+def test_resource_with_missing_key_is_a_config_error_naming_the_env_var(api_key):
+    res = KlaviyoResource(api_key=api_key)
+    with pytest.raises(KlaviyoConfigError, match="KLAVIYO_API_KEY"), res.get_client():
+        pass
+
+
+def test_resource_accepts_a_klaviyo_uri_and_sends_its_key(httpx_mock):
+    httpx_mock.add_response(json=page([resource("events", "e1", D0)]))
+    res = KlaviyoResource(
+        api_key=f"klaviyo://?api_key={KEY}", base_url="http://127.0.0.1:8123", max_retries=0
+    )
+    with res.get_client() as c:
+        assert ids(c.iter_records(EVENTS, DAY)) == ["e1"]
+    request = httpx_mock.get_request()
+    assert request.headers["Authorization"] == f"Klaviyo-API-Key {KEY}"
+    assert str(request.url).startswith("http://127.0.0.1:8123/api/events?")
+
+
+def test_resource_passes_a_bare_key_through(httpx_mock):
+    httpx_mock.add_response(json=page([]))
+    with KlaviyoResource(api_key=KEY, max_retries=0).get_client() as c:
+        list(c.iter_records(EVENTS, DAY))
+    request = httpx_mock.get_request()
+    assert request.headers["Authorization"] == f"Klaviyo-API-Key {KEY}"
+    assert request.url.host == "a.klaviyo.com"
+    assert request.url.scheme == "https"
+
+
+# -- concurrency ---------------------------------------------------------------------------------
+
+FILTER_RE = re.compile(r"^and\(greater-or-equal\(datetime,([^,)]+)\),less-than\(datetime,([^,)]+)\)\)$")
+
+
+class FakeEventServer:
+    """Answers /api/events by parsing the filter; inclusive at both ends, as a sloppy server might be."""
+
+    def __init__(self, events: list[dict], parallelism: int) -> None:
+        self.events = events
+        self.windows: list[tuple[datetime, datetime]] = []
+        self.threads: set[str] = set()
+        self._lock = threading.Lock()
+        self._calls = 0
+        self._barrier = threading.Barrier(parallelism, timeout=5)
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        with self._lock:
+            self._calls += 1
+            first_wave = self._calls <= self._barrier.parties
+            self.threads.add(threading.current_thread().name)
+        if first_wave:  # proves the first requests are in flight at the same time
+            self._barrier.wait()
+        match = FILTER_RE.match(single(request, "filter") or "")
+        assert match, single(request, "filter")
+        lo, hi = parse_datetime(match[1]), parse_datetime(match[2])
+        size = int(single(request, "page[size]"))
+        offset = int(single(request, "page[cursor]") or 0)
+        if offset == 0:
+            with self._lock:
+                self.windows.append((lo, hi))
+        matching = [e for e in self.events if lo <= parse_datetime(e["attributes"]["datetime"]) <= hi]
+        chunk = matching[offset : offset + size]
+        next_url = None
+        if offset + size < len(matching):
+            next_url = str(request.url.copy_set_param("page[cursor]", str(offset + size)))
+        return httpx.Response(200, json=page(chunk, next_url))
+
+
+def test_parallel_extraction_yields_every_record_exactly_once(httpx_mock, client):
+    start, end = D0, D0 + timedelta(days=3)
+    events = []
+    t = start
+    while t < end:  # every 15 minutes: many land exactly on sub-window bounds
+        events.append(resource("events", f"e{len(events)}", t))
+        t += timedelta(minutes=15)
+    events.append(resource("events", "edge-last", end - US))
+    events.append(resource("events", "outside", end))
+    server = FakeEventServer(events, parallelism=4)
+    httpx_mock.add_callback(server, is_reusable=True)
+    stats = ClientStats()
+
+    got = ids(client.iter_records(EVENTS, TimeWindow(start, end), page_size=7, parallelism=4, stats=stats))
+
+    expected = [e["id"] for e in events if e["id"] != "outside"]
+    assert Counter(got) == Counter(expected)
+    assert len(got) == len(expected) == 3 * 96 + 1
+    assert stats.records == len(expected)
+    assert len(server.threads) >= 4
+    # The sub-windows tile [start, end) exactly.
+    windows = sorted(server.windows)
+    assert len(windows) > 1
+    assert windows[0][0] == start
+    assert windows[-1][1] == end
+    assert all(a[1] == b[0] for a, b in zip(windows, windows[1:], strict=False))
+
+
+def test_parallel_extraction_raises_a_worker_error(httpx_mock, client):
+    calls = 0
+    lock = threading.Lock()
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        nonlocal calls
+        with lock:
+            calls += 1
+            n = calls
+        if n == 3:
+            return httpx.Response(403, json=error_body("no scope", 403))
+        return httpx.Response(200, json=page([]))
+
+    httpx_mock.add_callback(answer, is_reusable=True)
+    with pytest.raises(KlaviyoPermissionError, match="events:read"):
+        list(client.iter_records(EVENTS, TimeWindow(D0, D2), parallelism=4))
+
+
+@pytest.mark.timeout(20)
+def test_abandoning_a_parallel_extraction_stops_its_workers(httpx_mock, client):
+    def endless(request: httpx.Request) -> httpx.Response:
+        offset = int(single(request, "page[cursor]") or 0)
+        nxt = str(request.url.copy_set_param("page[cursor]", str(offset + 1)))
+        return httpx.Response(
+            200, json=page([resource("events", f"x{offset}", D0 + timedelta(hours=1))], nxt)
+        )
+
+    httpx_mock.add_callback(endless, is_reusable=True)
+    batches = client.iter_records(EVENTS, DAY, parallelism=4)
+    assert len(next(batches)) <= 1
+    batches.close()  # returns only once every worker has been unblocked and has stopped
+    assert not [t for t in threading.enumerate() if t.name.startswith("klaviyo")]
+
+
+# -- pacing --------------------------------------------------------------------------------------
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.sleeps: list[float] = []
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        assert seconds > 0
+        self.sleeps.append(seconds)
+        self.now += seconds
+
+
+def _max_in_any_window(times: list[float], span: float) -> int:
+    return max(sum(1 for u in times if t <= u < t + span) for t in times)
+
+
+@pytest.mark.parametrize(("burst", "steady"), [(5, 20), (3, 58), (1, 4), (10, 10)])
+def test_sliding_window_limiter_never_exceeds_any_window(burst, steady):
+    clock = FakeClock()
+    limiter = SlidingWindowLimiter([(1.0, burst), (60.0, steady)], clock=clock, sleep=clock.sleep)
+    times, waits = [], []
+    for i in range(3 * steady + 7):
+        waits.append(limiter.acquire())
+        times.append(clock.now)
+        if i % 3 == 0:
+            clock.now += 0.25  # the caller does some work between requests
+
+    assert _max_in_any_window(times, 1.0) <= burst
+    assert _max_in_any_window(times, 60.0) <= steady
+    # Not stricter than needed: the first burst goes through at once, and the limits are reached.
+    assert waits[: min(burst, steady)] == [0.0] * min(burst, steady)
+    assert sum(waits) == pytest.approx(sum(clock.sleeps))
+    assert _max_in_any_window(times, 1.0) == min(burst, steady)
+    assert _max_in_any_window(times, 60.0) == steady
+    assert clock.sleeps
+
+
+def test_limiter_reports_the_time_it_waited():
+    clock = FakeClock()
+    limiter = SlidingWindowLimiter([(1.0, 2)], clock=clock, sleep=clock.sleep)
+    assert limiter.acquire() == 0
+    assert limiter.acquire() == 0
+    assert limiter.acquire() == pytest.approx(1.0)
+    assert clock.now == pytest.approx(1.0)
+
+
+def test_client_paces_requests_through_the_shared_limiter(httpx_mock, monkeypatch):
+    from omniload_assets.klaviyo import client as client_module
+
+    acquired = []
+
+    class RecordingLimiter:
+        def acquire(self) -> float:
+            acquired.append(1)
+            return 0.5
+
+    monkeypatch.setattr(client_module, "limiter_for", lambda account, path, limit: RecordingLimiter())
+    httpx_mock.add_response(json=page([], f"{BASE}/api/events?page%5Bcursor%5D=2"))
+    httpx_mock.add_response(json=page([]))
+    stats = ClientStats()
+    with KlaviyoClient(KEY, pace=True) as paced:
+        list(paced.iter_records(EVENTS, DAY, stats=stats))
+    assert len(acquired) == 2
+    assert stats.pacing_wait_s == pytest.approx(1.0)
+
+
+def test_unpaced_client_never_touches_the_limiter(httpx_mock, monkeypatch, client):
+    from omniload_assets.klaviyo import client as client_module
+
+    class ExplodingLimiter:
+        def acquire(self) -> float:
+            raise AssertionError("pace=False must not acquire")
+
+    monkeypatch.setattr(client_module, "limiter_for", lambda account, path, limit: ExplodingLimiter())
+    httpx_mock.add_response(json=page([]))
+    list(client.iter_records(EVENTS, DAY))

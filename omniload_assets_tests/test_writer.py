@@ -1,0 +1,599 @@
+"""The DuckDB writer and connection helpers, against real DuckDB files and pyarrow Parquet files."""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from omniload_assets.warehouse.connection import (
+    DuckDBLockedError,
+    DuckDBPathError,
+    WarehouseError,
+    connect,
+    open_database,
+    resolve_database,
+)
+from omniload_assets.warehouse.writer import (
+    WriteResult,
+    merge_into,
+    qualified_name,
+    replace_table,
+)
+
+SCHEMA = "klaviyo"
+TABLE = "events"
+#: The file is klaviyo.duckdb, so the catalog is "klaviyo" too: `klaviyo.events` is ambiguous.
+FQ = f"{SCHEMA}.{SCHEMA}.{TABLE}"
+TYPES = {
+    "id": "VARCHAR",
+    "updated": "TIMESTAMPTZ",
+    "n": "BIGINT",
+    "props": "JSON",
+    "note": "VARCHAR",
+}
+ARROW_TYPES = {
+    "id": pa.string(),
+    "updated": pa.timestamp("us", tz="UTC"),
+    "n": pa.int64(),
+    "props": pa.string(),
+    "note": pa.string(),
+}
+
+
+def ts(day: int) -> datetime:
+    return datetime(2024, 1, day, tzinfo=UTC)
+
+
+class Stager:
+    """Writes Parquet files the way extraction does (pyarrow, one table per file)."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.count = 0
+
+    def __call__(self, rows: list[dict[str, Any]], types: dict[str, pa.DataType] | None = None) -> Path:
+        types = {**ARROW_TYPES, **(types or {})}
+        names = list(dict.fromkeys(k for row in rows for k in row)) if rows else ["id"]
+        schema = pa.schema([(name, types.get(name, pa.string())) for name in names])
+        self.count += 1
+        path = self.directory / f"part-{self.count:04d}.parquet"
+        pq.write_table(pa.Table.from_pylist(rows, schema=schema), path, compression="none")
+        return path
+
+
+@pytest.fixture
+def stage(tmp_path: Path) -> Stager:
+    directory = tmp_path / "staged"
+    directory.mkdir()
+    return Stager(directory)
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> Path:
+    return tmp_path / "wh" / "klaviyo.duckdb"
+
+
+@pytest.fixture
+def conn(db: Path) -> Iterator[duckdb.DuckDBPyConnection]:
+    with open_database(db) as connection:
+        yield connection
+
+
+def merge(conn: duckdb.DuckDBPyConnection, files: list[Path], run_id: str = "run", **kw: Any) -> WriteResult:
+    args: dict[str, Any] = {"primary_key": "id", "incremental_key": "updated", "column_types": TYPES}
+    args.update(kw)
+    return merge_into(conn, schema=SCHEMA, table=TABLE, files=files, run_id=run_id, **args)
+
+
+def replace(conn: duckdb.DuckDBPyConnection, files: list[Path], run_id: str = "run") -> WriteResult:
+    return replace_table(
+        conn,
+        schema=SCHEMA,
+        table=TABLE,
+        files=files,
+        primary_key="id",
+        column_types=TYPES,
+        run_id=run_id,
+    )
+
+
+def columns(conn: duckdb.DuckDBPyConnection, table: str = TABLE) -> list[tuple[str, str]]:
+    return [
+        (r[0], r[1])
+        for r in conn.execute(
+            "SELECT column_name, data_type FROM information_schema.columns "
+            "WHERE table_schema = ? AND table_name = ? ORDER BY ordinal_position",
+            [SCHEMA, table],
+        ).fetchall()
+    ]
+
+
+def rows(conn: duckdb.DuckDBPyConnection, *cols: str) -> dict[str, tuple]:
+    select = ", ".join(f'"{c}"' for c in ("id", *cols))
+    result = conn.execute(f"SELECT {select} FROM {FQ} ORDER BY id").fetchall()
+    return {r[0]: tuple(r[1:]) for r in result}
+
+
+def snapshot(conn: duckdb.DuckDBPyConnection) -> tuple[list[tuple[str, str]], list[tuple]]:
+    """Columns and every row (load metadata included) of the table, to prove it did not change."""
+    data = conn.execute(f"SELECT * FROM {FQ} ORDER BY id").fetchall()
+    return columns(conn), data
+
+
+def tables(conn: duckdb.DuckDBPyConnection) -> list[str]:
+    return [r[0] for r in conn.execute("SELECT table_name FROM duckdb_tables() ORDER BY 1").fetchall()]
+
+
+def corrupt_column(path: Path, column: str) -> None:
+    """Overwrite the first page of ``column`` while keeping the footer: only reading it fails."""
+    meta = pq.ParquetFile(path).metadata
+    index = meta.schema.names.index(column)
+    chunk = meta.row_group(0).column(index)
+    start = chunk.dictionary_page_offset or chunk.data_page_offset
+    data = bytearray(path.read_bytes())
+    data[start : start + 64] = b"\xff" * 64
+    path.write_bytes(bytes(data))
+
+
+# -- merge ---------------------------------------------------------------------------------------
+
+
+def test_merge_creates_schema_and_table(conn, stage):
+    f = stage(
+        [
+            {"id": "a", "updated": ts(1), "n": 1, "props": '{"k": 1}', "extra": "x"},
+            {"id": "b", "updated": ts(1), "n": 2, "props": None, "extra": None},
+        ]
+    )
+    result = merge(conn, [f], run_id="run-1")
+    assert result == WriteResult(
+        rows_written=2, inserted=2, updated=0, skipped_stale=0, table_rows=2, columns_added=[]
+    )
+    assert [c for c, _ in columns(conn)] == [
+        "id",
+        "updated",
+        "n",
+        "props",
+        "note",
+        "extra",
+        "_loaded_at",
+        "_run_id",
+    ]
+    assert dict(columns(conn))["_loaded_at"] == "TIMESTAMP WITH TIME ZONE"
+    assert rows(conn, "n", "note", "extra", "_run_id") == {
+        "a": (1, None, "x", "run-1"),
+        "b": (2, None, None, "run-1"),
+    }
+    loaded = conn.execute(f"SELECT DISTINCT _loaded_at FROM {FQ}").fetchall()
+    assert len(loaded) == 1 and loaded[0][0] is not None
+
+
+def test_upsert_newer_wins_and_older_batch_never_brings_stale_values_back(conn, stage):
+    old = stage(
+        [
+            {"id": "a", "updated": ts(1), "n": 1},
+            {"id": "b", "updated": ts(1), "n": 1},
+        ]
+    )
+    new = stage([{"id": "a", "updated": ts(2), "n": 2}, {"id": "c", "updated": ts(2), "n": 2}])
+    merge(conn, [old], run_id="r1")
+
+    result = merge(conn, [new], run_id="r2")
+    assert (result.inserted, result.updated, result.skipped_stale) == (1, 1, 0)
+    assert rows(conn, "n", "_run_id") == {"a": (2, "r2"), "b": (1, "r1"), "c": (2, "r2")}
+
+    # Re-running the older partition afterwards: "a" keeps its newer row, "b" (same key) is updated.
+    result = merge(conn, [old], run_id="r3")
+    assert (result.rows_written, result.inserted, result.updated, result.skipped_stale) == (2, 0, 1, 1)
+    assert rows(conn, "n", "_run_id") == {"a": (2, "r2"), "b": (1, "r3"), "c": (2, "r2")}
+    assert result.table_rows == 3
+
+
+def test_stored_null_incremental_key_is_replaced_and_no_incremental_key_always_updates(conn, stage):
+    merge(conn, [stage([{"id": "a", "updated": None, "n": 1}])])
+    merge(conn, [stage([{"id": "a", "updated": ts(1), "n": 2}])])
+    assert rows(conn, "n") == {"a": (2,)}
+
+    result = merge(conn, [stage([{"id": "a", "updated": ts(1), "n": 3}])], incremental_key=None)
+    assert (result.updated, result.skipped_stale) == (1, 0)
+    older = stage([{"id": "a", "updated": ts(1), "n": 4}])
+    assert merge(conn, [older], incremental_key=None).updated == 1
+    assert rows(conn, "n") == {"a": (4,)}
+
+
+def test_same_batch_twice_is_idempotent(conn, stage):
+    f = stage([{"id": str(i), "updated": ts(1 + i % 3), "n": i, "props": f'{{"i": {i}}}'} for i in range(50)])
+    first = merge(conn, [f])
+    before = rows(conn, "updated", "n", "props", "note")
+    second = merge(conn, [f])
+    assert (first.inserted, first.table_rows) == (50, 50)
+    assert (second.inserted, second.updated, second.skipped_stale, second.table_rows) == (0, 50, 0, 50)
+    assert rows(conn, "updated", "n", "props", "note") == before
+
+
+def test_duplicate_ids_in_one_batch_keep_the_latest(conn, stage):
+    f1 = stage(
+        [
+            {"id": "a", "updated": ts(3), "n": 1},  # newest "a", although in the first file
+            {"id": "b", "updated": ts(1), "n": 1},
+            {"id": "b", "updated": ts(1), "n": 2},  # tie inside a file: the later row wins
+            {"id": "c", "updated": ts(1), "n": 1},
+        ]
+    )
+    f2 = stage(
+        [
+            {"id": "a", "updated": ts(2), "n": 2},
+            {"id": "c", "updated": ts(1), "n": 3},  # tie across files: the later file wins
+        ]
+    )
+    result = merge(conn, [f1, f2])
+    assert (result.rows_written, result.inserted, result.table_rows) == (3, 3, 3)
+    assert rows(conn, "n") == {"a": (1,), "b": (2,), "c": (3,)}
+
+
+def test_columns_are_matched_by_name_not_position(conn, stage):
+    merge(conn, [stage([{"id": "a", "updated": ts(1), "n": 1, "note": "first"}])])
+    reordered = stage([{"note": "second", "n": 2, "updated": ts(2), "id": "a"}])
+    merge(conn, [reordered])
+    assert rows(conn, "updated", "n", "note") == {"a": (ts(2), 2, "second")}
+
+
+def test_columns_named_like_duckdb_virtual_columns_are_plain_data(conn, stage):
+    names = {"filename": "f.png", "file_index": "7", "file_row_number": "9"}
+    f1 = stage([{"id": "a", "updated": ts(1), "n": 1, **names}])
+    f2 = stage([{"id": "a", "updated": ts(1), "n": 2, **names}])  # tie: the later file wins
+    merge(conn, [f1, f2])
+    assert rows(conn, "n", "filename", "file_index", "file_row_number") == {"a": (2, "f.png", "7", "9")}
+
+
+def test_new_column_is_added_and_older_rows_get_null(conn, stage):
+    merge(conn, [stage([{"id": "a", "updated": ts(1), "n": 1}])])
+    later = stage(
+        [{"id": "b", "updated": ts(2), "n": 2, "channel": "sms", "score": 0.5}],
+        {"score": pa.float64()},
+    )
+    result = merge(conn, [later])
+    assert result.columns_added == ["channel", "score"]
+    types = dict(columns(conn))
+    assert (types["channel"], types["score"]) == ("VARCHAR", "DOUBLE")
+    assert rows(conn, "channel", "score") == {"a": (None, None), "b": ("sms", 0.5)}
+
+
+def test_files_with_different_columns_in_one_batch(conn, stage):
+    f1 = stage([{"id": "a", "updated": ts(1)}])
+    f2 = stage([{"id": "b", "updated": ts(1), "n": 5, "brand_new": "x"}])
+    result = merge(conn, [f1, f2])
+    assert result.inserted == 2
+    assert rows(conn, "n", "brand_new") == {"a": (None, None), "b": (5, "x")}
+
+
+def test_missing_column_is_null_and_replaced_rows_take_the_new_row(conn, stage):
+    merge(conn, [stage([{"id": "a", "updated": ts(1), "n": 1, "note": "hello"}])])
+    merge(conn, [stage([{"id": "a", "updated": ts(2)}, {"id": "b", "updated": ts(2)}])])
+    # An updated row is replaced as a whole: attributes the new row lacks are NULL.
+    assert rows(conn, "n", "note") == {"a": (None, None), "b": (None, None)}
+    assert [c for c, _ in columns(conn)][:5] == ["id", "updated", "n", "props", "note"]
+
+
+def test_column_types_never_drift(conn, stage):
+    merge(conn, [stage([{"id": "a", "updated": ts(1), "n": 1}])])
+    # The same attributes arrive with other Parquet types: values are cast to the stored types.
+    f = stage(
+        [{"id": "b", "updated": "2024-01-02T00:00:00+00:00", "n": "7"}],
+        {"updated": pa.string(), "n": pa.string()},
+    )
+    merge(conn, [f])
+    g = stage([{"id": "c", "updated": ts(3), "n": 8.0}], {"n": pa.float64()})
+    merge(conn, [g])
+    all_null = stage([{"id": "d", "updated": None, "n": None}], {"updated": pa.null(), "n": pa.null()})
+    merge(conn, [all_null])
+    types = dict(columns(conn))
+    assert (types["updated"], types["n"]) == ("TIMESTAMP WITH TIME ZONE", "BIGINT")
+    assert rows(conn, "updated", "n") == {
+        "a": (ts(1), 1),
+        "b": (ts(2), 7),
+        "c": (ts(3), 8),
+        "d": (None, None),
+    }
+
+
+def test_uncastable_values_widen_the_column_instead_of_failing(conn, stage):
+    merge(conn, [stage([{"id": "a", "updated": ts(1), "n": 1, "m": 1}], {"m": pa.int64()})])
+    fractional = stage([{"id": "b", "updated": ts(1), "m": 2.5}], {"m": pa.float64()})
+    merge(conn, [fractional])
+    text = stage([{"id": "c", "updated": ts(1), "n": "not a number"}], {"n": pa.string()})
+    merge(conn, [text])
+    types = dict(columns(conn))
+    assert types["m"] == "DOUBLE"  # 2.5 would have been rounded into the BIGINT column
+    assert types["n"] == "VARCHAR"
+    assert rows(conn, "n", "m") == {"a": ("1", 1.0), "b": (None, 2.5), "c": ("not a number", None)}
+
+
+def test_json_columns_stay_json(conn, stage):
+    merge(conn, [stage([{"id": "a", "updated": ts(1), "props": '{"$value": 9.5, "items": ["x"]}'}])])
+    # A different shape of the same free-form object, and a string that is not JSON at all.
+    f = stage(
+        [
+            {"id": "b", "updated": ts(1), "props": '{"nested": {"deep": true}}'},
+            {"id": "c", "updated": ts(1), "props": "plain text"},
+        ]
+    )
+    merge(conn, [f])
+    assert dict(columns(conn))["props"] == "JSON"
+    got = conn.execute(
+        f"SELECT id, props->>'$.\"$value\"', props->>'$.nested.deep', json_type(props) FROM {FQ} ORDER BY id"
+    ).fetchall()
+    assert got == [
+        ("a", "9.5", None, "OBJECT"),
+        ("b", None, "true", "OBJECT"),
+        ("c", None, None, "VARCHAR"),
+    ]
+
+
+def test_null_primary_key_rejects_the_whole_write(conn, stage):
+    merge(conn, [stage([{"id": "a", "updated": ts(1), "n": 1}])])
+    before = snapshot(conn)
+    bad = stage(
+        [
+            {"id": "a", "updated": ts(2), "n": 2, "new_col": "x"},
+            {"id": None, "updated": ts(2), "n": 3, "new_col": "y"},
+        ]
+    )
+    with pytest.raises(ValueError, match="NULL primary key"):
+        merge(conn, [bad])
+    assert snapshot(conn) == before
+    with pytest.raises(ValueError, match="NULL primary key"):
+        replace(conn, [bad])
+    assert snapshot(conn) == before
+
+
+def test_null_primary_key_on_a_new_table_creates_nothing(conn, stage):
+    with pytest.raises(ValueError, match="NULL primary key"):
+        merge(conn, [stage([{"id": None, "updated": ts(1)}])])
+    assert tables(conn) == []
+
+
+@pytest.mark.parametrize("write", [merge, replace], ids=["merge", "replace"])
+def test_failure_mid_transaction_leaves_the_table_exactly_as_before(conn, stage, write):
+    merge(conn, [stage([{"id": "a", "updated": ts(1), "n": 1, "note": "keep"}])], run_id="r1")
+    before = snapshot(conn)
+    good = stage([{"id": "a", "updated": ts(5), "n": 5, "note": "new"}])
+    # Readable schema (so the write starts and adds `added_col`), unreadable data in `note`.
+    broken = stage(
+        [{"id": f"x{i}", "updated": ts(5), "note": f"v{i}" * 20, "added_col": "y"} for i in range(500)]
+    )
+    corrupt_column(broken, "note")
+    with pytest.raises(duckdb.Error):
+        write(conn, [good, broken])
+    assert snapshot(conn) == before
+    assert tables(conn) == [TABLE]
+
+    not_parquet = stage.directory / "garbage.parquet"
+    not_parquet.write_bytes(b"this is not a parquet file")
+    with pytest.raises(duckdb.Error):
+        write(conn, [good, not_parquet])
+    assert snapshot(conn) == before
+    # The connection is usable afterwards: no transaction was left open.
+    assert write(conn, [good]).table_rows == 1
+
+
+def test_missing_staged_file_is_reported(conn, stage, tmp_path):
+    with pytest.raises(FileNotFoundError, match="nope.parquet"):
+        merge(conn, [tmp_path / "nope.parquet"])
+
+
+def test_empty_merge_creates_the_table_and_writes_nothing(conn, stage):
+    result = merge(conn, [])
+    assert result == WriteResult(0, 0, 0, 0, 0, [])
+    assert [c for c, _ in columns(conn)] == [*TYPES, "_loaded_at", "_run_id"]
+    merge(conn, [stage([{"id": "a", "updated": ts(1)}])])
+    assert merge(conn, []).table_rows == 1
+
+
+# -- replace -------------------------------------------------------------------------------------
+
+
+def test_replace_swaps_the_table(conn, stage):
+    merge(conn, [stage([{"id": "a", "n": 1, "legacy": "old"}, {"id": "b", "n": 1}])])
+    f = stage([{"id": "b", "n": 2, "fresh": "y"}, {"id": "c", "n": 2}, {"id": "c", "n": 3}])
+    result = replace(conn, [f], run_id="r2")
+    assert result == WriteResult(
+        rows_written=2, inserted=1, updated=1, skipped_stale=0, table_rows=2, columns_added=["fresh"]
+    )
+    assert rows(conn, "n", "legacy", "fresh", "_run_id") == {
+        "b": (2, None, "y", "r2"),
+        "c": (3, None, None, "r2"),  # duplicate ids: the later row wins
+    }
+    names = [c for c, _ in columns(conn)]
+    assert "legacy" in names  # nothing is dropped silently
+    assert names[-2:] == ["_loaded_at", "_run_id"]
+    assert tables(conn) == [TABLE]
+
+
+def test_replace_keeps_stored_column_types(conn, stage):
+    replace(conn, [stage([{"id": "a", "n": 1}])])
+    replace(conn, [stage([{"id": "b", "n": "2"}], {"n": pa.string()})])
+    assert dict(columns(conn))["n"] == "BIGINT"
+    assert rows(conn, "n") == {"b": (2,)}
+
+
+def test_empty_replace_gives_an_empty_table_with_the_columns(conn, stage):
+    replace(conn, [stage([{"id": "a", "n": 1, "extra": "e"}])])
+    result = replace(conn, [])
+    assert (result.rows_written, result.table_rows) == (0, 0)
+    assert conn.execute(f"SELECT count(*) FROM {FQ}").fetchone() == (0,)
+    assert [c for c, _ in columns(conn)] == [*TYPES, "extra", "_loaded_at", "_run_id"]
+
+
+def test_replace_of_a_missing_table_creates_it(conn, stage):
+    result = replace(conn, [stage([{"id": "a"}, {"id": "b"}])])
+    assert (result.inserted, result.updated, result.table_rows) == (2, 0, 2)
+
+
+def test_writes_are_visible_to_a_new_process(db, stage):
+    with open_database(db) as conn:
+        merge(conn, [stage([{"id": "a", "updated": ts(1), "n": 1}])])
+    code = (
+        "import sys, duckdb; c = duckdb.connect(sys.argv[1], read_only=True); "
+        f"print(c.execute('SELECT n FROM {FQ}').fetchone()[0])"
+    )
+    out = subprocess.run([sys.executable, "-c", code, str(db)], capture_output=True, text=True)
+    assert out.stdout.strip() == "1", out.stderr
+
+
+# -- connect -------------------------------------------------------------------------------------
+
+
+def test_connect_parses_duckdb_uris(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with open_database("duckdb:///rel/klaviyo.duckdb") as conn:
+        conn.execute("CREATE TABLE t (i INTEGER)")
+    assert (tmp_path / "rel" / "klaviyo.duckdb").is_file()
+
+    absolute = tmp_path / "abs" / "dir" / "klaviyo.duckdb"
+    uri = f"duckdb:///{absolute}"
+    assert uri.startswith("duckdb:////")
+    with open_database(uri) as conn:
+        conn.execute("CREATE TABLE t (i INTEGER)")
+    assert absolute.is_file()
+    with open_database(absolute, read_only=True) as conn:
+        assert conn.execute("SELECT count(*) FROM t").fetchone() == (0,)
+
+    assert resolve_database("duckdb:///klaviyo.duckdb") == "klaviyo.duckdb"
+    assert resolve_database("duckdb:////data/klaviyo.duckdb") == "/data/klaviyo.duckdb"
+    assert resolve_database("md:klaviyo") == "md:klaviyo"
+    assert resolve_database(":memory:") == ":memory:"
+
+
+def test_qualified_name_avoids_the_catalog_schema_ambiguity(conn, stage):
+    merge(conn, [stage([{"id": "a"}])])
+    name = qualified_name(conn, SCHEMA, TABLE)
+    assert name == '"klaviyo"."klaviyo"."events"'
+    assert conn.execute(f"SELECT id FROM {name}").fetchall() == [("a",)]
+    with pytest.raises(duckdb.BinderException, match="Ambiguous"):
+        conn.execute(f"SELECT id FROM {SCHEMA}.{TABLE}")
+
+
+HOLDER = """
+import sys, duckdb
+conn = duckdb.connect(sys.argv[1])
+conn.execute("CREATE TABLE IF NOT EXISTS held (i INTEGER)")
+print("locked", flush=True)
+sys.stdin.readline()
+conn.close()
+print("released", flush=True)
+"""
+
+
+@contextmanager
+def lock_held_by_other_process(db: Path) -> Iterator[subprocess.Popen[str]]:
+    """A subprocess holding a read-write connection until a line arrives on its stdin."""
+    db.parent.mkdir(parents=True, exist_ok=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, str(db)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline().strip() == "locked"
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(timeout=30)
+
+
+def release(proc: subprocess.Popen[str]) -> None:
+    assert proc.stdin is not None and proc.stdout is not None
+    proc.stdin.write("\n")
+    proc.stdin.flush()
+    assert proc.stdout.readline().strip() == "released"
+    proc.wait(timeout=30)
+
+
+class _Signal(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.waiting = threading.Event()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if "locked by another process" in record.getMessage():
+            self.waiting.set()
+
+
+def test_connect_waits_for_a_lock_held_by_another_process(db):
+    logger = logging.getLogger("omniload_assets.warehouse.connection")
+    signal = _Signal()
+    old_level = logger.level
+    logger.addHandler(signal)
+    logger.setLevel(logging.INFO)
+    outcome: dict[str, Any] = {}
+
+    def open_it() -> None:
+        try:
+            with open_database(db, lock_timeout_s=120) as conn:
+                outcome["tables"] = conn.execute("SELECT table_name FROM duckdb_tables()").fetchall()
+        except BaseException as exc:  # reported to the test thread
+            outcome["error"] = exc
+
+    try:
+        with lock_held_by_other_process(db) as holder:
+            waiter = threading.Thread(target=open_it)
+            waiter.start()
+            assert signal.waiting.wait(timeout=60), "connect() never reported waiting for the lock"
+            assert waiter.is_alive()
+            release(holder)
+            waiter.join(timeout=120)
+        assert not waiter.is_alive()
+        assert "error" not in outcome, outcome.get("error")
+        assert outcome["tables"] == [("held",)]
+    finally:
+        logger.removeHandler(signal)
+        logger.setLevel(old_level)
+
+
+def test_lock_timeout_raises_a_clear_error(db):
+    with lock_held_by_other_process(db) as holder:
+        with pytest.raises(DuckDBLockedError) as info:
+            connect(db, lock_timeout_s=0.2)
+        with pytest.raises(DuckDBLockedError):
+            connect(f"duckdb:///{db}", read_only=True, lock_timeout_s=0)
+        release(holder)
+    message = str(info.value)
+    assert str(db) in message
+    assert "OMNILOAD_DUCKDB_LOCK_TIMEOUT" in message
+    assert f"PID {holder.pid}" in message
+    assert "\n" not in message
+    assert isinstance(info.value, WarehouseError)
+    with open_database(db) as conn:  # free again
+        assert conn.execute("SELECT count(*) FROM held").fetchone() == (0,)
+
+
+def test_unwritable_path_raises_path_error(tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a directory")
+    with pytest.raises(DuckDBPathError) as info:
+        connect(blocker / "sub" / "klaviyo.duckdb")
+    assert str(blocker) in str(info.value)
+    assert "OMNILOAD_DUCKDB_PATH" in str(info.value)
+    assert "\n" not in str(info.value)
+
+    with pytest.raises(DuckDBPathError, match="is a directory"):
+        connect(tmp_path)
+    with pytest.raises(DuckDBPathError, match="does not exist"):
+        connect(tmp_path / "missing.duckdb", read_only=True)
+    assert isinstance(info.value, WarehouseError)
