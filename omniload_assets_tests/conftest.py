@@ -10,6 +10,7 @@ import dagster as dg
 import duckdb
 import pytest
 
+from omniload_assets.warehouse.writer import qualified_name
 from omniload_assets_tests.simulator import KlaviyoSimulator
 
 SIM_START = datetime(2024, 1, 1, tzinfo=UTC)
@@ -60,7 +61,9 @@ def instance() -> Iterator[dg.DagsterInstance]:
 def table_ids(db_path: Path, table: str) -> list[str]:
     """Every id in ``klaviyo.<table>`` (duplicates kept, so callers can check for them)."""
     with duckdb.connect(str(db_path), read_only=True) as conn:
-        return [r[0] for r in conn.execute(f'SELECT id FROM klaviyo."{table}"').fetchall()]
+        return [
+            r[0] for r in conn.execute(f"SELECT id FROM {qualified_name(conn, 'klaviyo', table)}").fetchall()
+        ]
 
 
 def table_rows(db_path: Path, table: str) -> list[tuple]:
@@ -75,4 +78,6 @@ def table_rows(db_path: Path, table: str) -> list[tuple]:
             ).fetchall()
         ]
         select = ", ".join(f'"{c}"' for c in cols)
-        return conn.execute(f'SELECT {select} FROM klaviyo."{table}" ORDER BY id').fetchall()
+        return conn.execute(
+            f"SELECT {select} FROM {qualified_name(conn, 'klaviyo', table)} ORDER BY id"
+        ).fetchall()

@@ -11,6 +11,7 @@ import dagster as dg
 import duckdb
 
 from omniload_assets.klaviyo.catalog import TABLES
+from omniload_assets.warehouse.writer import qualified_name
 from omniload_assets_tests.simulator import KlaviyoSimulator
 
 FIRST_DAY = date(2024, 1, 1)
@@ -42,7 +43,9 @@ def main() -> None:
     with duckdb.connect(database, read_only=True) as conn:
         print(f"\n{'table':<22}{'rows':>10}")
         for spec in TABLES:
-            (count,) = conn.execute(f'SELECT count(*) FROM klaviyo."{spec.asset_name}"').fetchone()
+            (count,) = conn.execute(
+                f"SELECT count(*) FROM {qualified_name(conn, 'klaviyo', spec.asset_name)}"
+            ).fetchone()
             print(f"{'klaviyo.' + spec.asset_name:<22}{count:>10,}")
     print(f"\nall 15 tables loaded in {elapsed:.1f} s -> {database}")
 

@@ -6,6 +6,7 @@ from collections import Counter
 from datetime import UTC, date, datetime, timedelta
 
 import dagster as dg
+import duckdb
 import pytest
 
 from omniload_assets.assets import asset_key
@@ -101,11 +102,11 @@ def test_mutations_merge_without_duplicates_or_stale_values(defs, simulator, db_
     rows = {r[0]: r for r in table_rows(db_path, "profiles")}
     for pid in changes["profiles"]["updated"]:
         assert pid in rows
-    import duckdb
-
     with duckdb.connect(str(db_path), read_only=True) as conn:
         for pid in changes["profiles"]["updated"]:
-            (updated,) = conn.execute("SELECT updated FROM klaviyo.profiles WHERE id = ?", [pid]).fetchone()
+            (updated,) = conn.execute(
+                "SELECT updated FROM klaviyo.klaviyo.profiles WHERE id = ?", [pid]
+            ).fetchone()
             assert updated == datetime.fromisoformat(current[pid]["attributes"]["updated"]).astimezone(UTC)
 
 
@@ -119,8 +120,10 @@ def test_a_failed_run_leaves_the_table_as_it_was(defs, simulator, db_path, insta
     before = {t: table_rows(db_path, t) for t in ("events", "tags")}
     simulator.mutate("events", updated=5, added=5, at=datetime(2024, 1, 4, tzinfo=UTC))
     simulator.mutate("tags", updated=2, added=2, at=datetime(2024, 1, 4, tzinfo=UTC))
-    simulator.set_fault("503", rate=1.0)
-    resources = {**defs.resources, "klaviyo": defs.resources["klaviyo"].model_copy(update={"max_retries": 1})}
+    # Small pages, so the fault strikes after some pages of the run have been fetched and staged.
+    simulator.set_fault("503", rate=1.0, after=3)
+    klaviyo = defs.resources["klaviyo"].model_copy(update={"max_retries": 1, "page_size": 10})
+    resources = {**defs.resources, "klaviyo": klaviyo}
     for asset, tags_ in ((events, partition_range_tags(FIRST_DAY, LAST_DAY)), (tags, {})):
         result = dg.materialize(
             [asset], instance=instance, resources=resources, tags=tags_, raise_on_error=False

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import re
 import threading
+import time
 from collections import Counter
 from datetime import UTC, datetime, timedelta, timezone
 from urllib.parse import parse_qs
@@ -655,36 +656,36 @@ FILTER_RE = re.compile(r"^and\(greater-or-equal\(datetime,([^,)]+)\),less-than\(
 
 
 class FakeEventServer:
-    """Answers /api/events by parsing the filter; inclusive at both ends, as a sloppy server might be."""
+    """Answers /api/events by parsing the filter and ``sort``; inclusive at both ends, as a sloppy
+    server might be. The cursor is an offset into the sorted matches."""
 
-    def __init__(self, events: list[dict], parallelism: int) -> None:
+    def __init__(self, events: list[dict]) -> None:
         self.events = events
         self.windows: list[tuple[datetime, datetime]] = []
         self.threads: set[str] = set()
         self._lock = threading.Lock()
-        self._calls = 0
-        self._barrier = threading.Barrier(parallelism, timeout=5)
 
     def __call__(self, request: httpx.Request) -> httpx.Response:
         with self._lock:
-            self._calls += 1
-            first_wave = self._calls <= self._barrier.parties
             self.threads.add(threading.current_thread().name)
-        if first_wave:  # proves the first requests are in flight at the same time
-            self._barrier.wait()
         match = FILTER_RE.match(single(request, "filter") or "")
         assert match, single(request, "filter")
+        assert single(request, "sort") == "datetime"
         lo, hi = parse_datetime(match[1]), parse_datetime(match[2])
         size = int(single(request, "page[size]"))
         offset = int(single(request, "page[cursor]") or 0)
         if offset == 0:
             with self._lock:
                 self.windows.append((lo, hi))
-        matching = [e for e in self.events if lo <= parse_datetime(e["attributes"]["datetime"]) <= hi]
+        matching = sorted(
+            (e for e in self.events if lo <= parse_datetime(e["attributes"]["datetime"]) <= hi),
+            key=lambda e: parse_datetime(e["attributes"]["datetime"]),
+        )
         chunk = matching[offset : offset + size]
         next_url = None
         if offset + size < len(matching):
             next_url = str(request.url.copy_set_param("page[cursor]", str(offset + size)))
+        time.sleep(0.002)  # a little latency, so idle workers appear while others page
         return httpx.Response(200, json=page(chunk, next_url))
 
 
@@ -692,12 +693,13 @@ def test_parallel_extraction_yields_every_record_exactly_once(httpx_mock, client
     start, end = D0, D0 + timedelta(days=3)
     events = []
     t = start
-    while t < end:  # every 15 minutes: many land exactly on sub-window bounds
-        events.append(resource("events", f"e{len(events)}", t))
+    while t < end:  # every 15 minutes, three at a time: hand-overs happen on shared keys
+        for _ in range(3):
+            events.append(resource("events", f"e{len(events)}", t))
         t += timedelta(minutes=15)
     events.append(resource("events", "edge-last", end - US))
     events.append(resource("events", "outside", end))
-    server = FakeEventServer(events, parallelism=4)
+    server = FakeEventServer(events)
     httpx_mock.add_callback(server, is_reusable=True)
     stats = ClientStats()
 
@@ -705,18 +707,29 @@ def test_parallel_extraction_yields_every_record_exactly_once(httpx_mock, client
 
     expected = [e["id"] for e in events if e["id"] != "outside"]
     assert Counter(got) == Counter(expected)
-    assert len(got) == len(expected) == 3 * 96 + 1
+    assert len(got) == len(expected) == 3 * 3 * 96 + 1
     assert stats.records == len(expected)
-    assert len(server.threads) >= 4
-    # The sub-windows tile [start, end) exactly.
-    windows = sorted(server.windows)
-    assert len(windows) > 1
-    assert windows[0][0] == start
-    assert windows[-1][1] == end
-    assert all(a[1] == b[0] for a, b in zip(windows, windows[1:], strict=False))
+    assert len(server.threads) >= 2
+    # The first query covers the whole window; idle workers were then handed the rest in pieces.
+    assert server.windows[0] == (start, end)
+    assert len(server.windows) > 4
+    assert all(start <= lo < hi <= end for lo, hi in server.windows)
+
+
+def test_serial_extraction_pages_one_sorted_query(httpx_mock, client):
+    events = [resource("events", f"e{i}", D0 + timedelta(minutes=i)) for i in range(20)]
+    server = FakeEventServer(events)
+    httpx_mock.add_callback(server, is_reusable=True)
+
+    got = ids(client.iter_records(EVENTS, DAY, page_size=3, parallelism=1))
+
+    assert got == [f"e{i}" for i in range(20)]
+    assert server.windows == [(DAY.start, DAY.end)]
 
 
 def test_parallel_extraction_raises_a_worker_error(httpx_mock, client):
+    events = [resource("events", f"e{i}", D0 + timedelta(minutes=i)) for i in range(200)]
+    server = FakeEventServer(events)
     calls = 0
     lock = threading.Lock()
 
@@ -725,13 +738,14 @@ def test_parallel_extraction_raises_a_worker_error(httpx_mock, client):
         with lock:
             calls += 1
             n = calls
-        if n == 3:
+        if n == 6:
             return httpx.Response(403, json=error_body("no scope", 403))
-        return httpx.Response(200, json=page([]))
+        return server(request)
 
     httpx_mock.add_callback(answer, is_reusable=True)
     with pytest.raises(KlaviyoPermissionError, match="events:read"):
-        list(client.iter_records(EVENTS, TimeWindow(D0, D2), parallelism=4))
+        list(client.iter_records(EVENTS, DAY, page_size=5, parallelism=4))
+    assert not [t for t in threading.enumerate() if t.name.startswith("klaviyo")]
 
 
 @pytest.mark.timeout(20)

@@ -5,13 +5,11 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import logging
-import queue
 import random
 import threading
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit
@@ -30,9 +28,9 @@ from omniload_assets.klaviyo.errors import (
     KlaviyoUnavailableError,
     redact,
 )
+from omniload_assets.klaviyo.extraction import Extraction
 from omniload_assets.klaviyo.ratelimit import limiter_for
-from omniload_assets.klaviyo.rows import incremental_value
-from omniload_assets.klaviyo.windows import TimeWindow, combine_filters, window_filter
+from omniload_assets.klaviyo.windows import TimeWindow
 
 log = logging.getLogger(__name__)
 
@@ -62,9 +60,7 @@ class ClientStats:
 
     def as_dict(self) -> dict[str, float]:
         with self._lock:
-            data = asdict(self)
-        data.pop("_lock", None)
-        return data
+            return {f.name: getattr(self, f.name) for f in fields(self) if not f.name.startswith("_")}
 
 
 def _is_loopback(host: str) -> bool:
@@ -293,111 +289,16 @@ class KlaviyoClient:
         """Batches (one per page) of the resources whose incremental key lies in ``window``.
 
         The window goes to the server as far as the endpoint can filter; the rest is checked here.
-        Windows the server can bound on both sides are split into sub-windows fetched by up to
-        ``parallelism`` threads. Records without an incremental key go to the window holding now.
+        Dense windows are split among up to ``parallelism`` workers (see ``extraction``). Records
+        without an incremental key go to the window holding now.
         """
-        stats = stats or ClientStats()
-        now = now or datetime.now(UTC)
-        tasks = self._plan(spec, window, parallelism)
-        if len(tasks) == 1 or parallelism <= 1:
-            for sub_window, filter_expr in tasks:
-                yield from self._fetch(spec, sub_window, filter_expr, page_size, stats, now)
-            return
-        yield from self._fetch_concurrently(spec, tasks, page_size, parallelism, stats, now)
-
-    def _plan(
-        self, spec: TableSpec, window: TimeWindow | None, parallelism: int
-    ) -> list[tuple[TimeWindow | None, str | None]]:
-        windows: list[TimeWindow | None] = [window]
-        # Splitting only pays when sub-windows are fetched side by side; serially it only adds requests.
-        server_bounded = spec.server_side_window and spec.server_side_upper_bound
-        if parallelism > 1 and window is not None and server_bounded:
-            windows = list(window.split(max(1, parallelism) * 4))
-        variants: tuple[str | None, ...] = spec.filter_variants or (None,)
-        tasks = []
-        for sub in windows:
-            exprs = window_filter(spec, sub) if sub is not None else []
-            for variant in variants:
-                tasks.append((sub, combine_filters(([variant] if variant else []) + exprs)))
-        return tasks
-
-    def _fetch(
-        self,
-        spec: TableSpec,
-        window: TimeWindow | None,
-        filter_expr: str | None,
-        page_size: int | None,
-        stats: ClientStats,
-        now: datetime,
-    ) -> Iterator[list[dict[str, Any]]]:
-        params = self.base_params(spec, page_size)
-        if filter_expr:
-            params["filter"] = filter_expr
-        for page in self.iter_pages(spec, params, stats):
-            data = page.get("data") or []
-            if window is not None:
-                data = [r for r in data if self._in_window(spec, r, window, now)]
-            stats.add(records=len(data))
-            yield data
-
-    @staticmethod
-    def _in_window(spec: TableSpec, resource: dict[str, Any], window: TimeWindow, now: datetime) -> bool:
-        instant = incremental_value(spec, resource)
-        if instant is None:
-            return now in window
-        return window.start <= instant < window.end
-
-    def _fetch_concurrently(
-        self,
-        spec: TableSpec,
-        tasks: list[tuple[TimeWindow | None, str | None]],
-        page_size: int | None,
-        parallelism: int,
-        stats: ClientStats,
-        now: datetime,
-    ) -> Iterator[list[dict[str, Any]]]:
-        out: queue.Queue[list[dict[str, Any]] | BaseException | None] = queue.Queue(maxsize=parallelism * 4)
-        cancelled = threading.Event()
-        pending = queue.SimpleQueue[tuple[TimeWindow | None, str | None]]()
-        for task in tasks:
-            pending.put(task)
-
-        def worker() -> None:
-            try:
-                while not cancelled.is_set():
-                    try:
-                        sub, expr = pending.get_nowait()
-                    except queue.Empty:
-                        return
-                    for batch in self._fetch(spec, sub, expr, page_size, stats, now):
-                        if cancelled.is_set():
-                            return
-                        out.put(batch)
-            except BaseException as exc:  # handed to the consumer, which raises it
-                out.put(exc)
-            finally:
-                out.put(None)
-
-        workers = min(parallelism, len(tasks))
-        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="klaviyo") as pool:
-            for _ in range(workers):
-                pool.submit(worker)
-            finished = 0
-            try:
-                while finished < workers:
-                    item = out.get()
-                    if item is None:
-                        finished += 1
-                    elif isinstance(item, BaseException):
-                        raise item
-                    else:
-                        yield item
-            finally:
-                cancelled.set()
-                # Unblock workers waiting on a full queue so the pool can shut down.
-                while finished < workers:
-                    try:
-                        if out.get(timeout=0.1) is None:
-                            finished += 1
-                    except queue.Empty:
-                        continue
+        extraction = Extraction(
+            self,
+            spec,
+            window,
+            page_size=page_size,
+            parallelism=parallelism,
+            stats=stats or ClientStats(),
+            now=now or datetime.now(UTC),
+        )
+        yield from extraction

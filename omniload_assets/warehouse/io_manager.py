@@ -15,7 +15,7 @@ from omniload_assets import settings
 from omniload_assets.klaviyo.catalog import TableSpec, get_table
 from omniload_assets.warehouse.connection import open_database
 from omniload_assets.warehouse.staging import StagedTable
-from omniload_assets.warehouse.writer import WriteResult, merge_into, replace_table
+from omniload_assets.warehouse.writer import WriteResult, merge_into, qualified_name, replace_table
 
 PREVIEW_ROWS = 5
 
@@ -71,7 +71,7 @@ class KlaviyoTablesIOManager(dg.IOManager):
         context.add_output_metadata(self._metadata(spec, obj, result, preview))
 
     def _preview(self, conn: Any, spec: TableSpec) -> dg.MetadataValue:
-        table = f"{quote(self.schema)}.{quote(spec.asset_name)}"
+        table = qualified_name(conn, self.schema, spec.asset_name)
         order = f"{quote(spec.incremental_key)} DESC NULLS LAST, " if spec.incremental_key else ""
         cols = [spec.primary_key, *[c for c in spec.columns if spec.columns[c] != "JSON"][:5]]
         select = ", ".join(quote(c) for c in cols)
@@ -110,8 +110,8 @@ class KlaviyoTablesIOManager(dg.IOManager):
 
     def load_input(self, context: dg.InputContext) -> Any:
         spec = self._spec(context)
-        table = f"{quote(self.schema)}.{quote(spec.asset_name)}"
         with open_database(self.database, read_only=True, lock_timeout_s=self.lock_timeout_s) as conn:
+            table = qualified_name(conn, self.schema, spec.asset_name)
             arrow: pa.Table = conn.execute(f"SELECT * FROM {table}").fetch_arrow_table()
         wanted = getattr(context.dagster_type, "typing_type", None)
         if getattr(wanted, "__module__", "").startswith("pandas"):

@@ -16,7 +16,8 @@ class Fault:
     ``rate`` is the probability per matching request; ``count`` (if set) how many more times it
     fires; ``path`` limits it to one endpoint. ``retry_after`` is the 429's ``Retry-After``,
     ``seconds`` how long ``slow`` stalls, ``malformed`` makes ``truncate`` send a complete
-    response whose JSON is broken instead of a short one.
+    response whose JSON is broken instead of a short one. ``after`` lets that many matching
+    requests through first, so a fault can strike mid-run.
     """
 
     kind: str
@@ -26,6 +27,8 @@ class Fault:
     retry_after: int = 1
     seconds: float = 30.0
     malformed: bool = False
+    #: Let this many matching requests through before the fault starts firing.
+    after: int = 0
 
 
 class FaultInjector:
@@ -55,6 +58,9 @@ class FaultInjector:
                 if fault.path is not None and fault.path != path:
                     continue
                 if fault.count is not None and fault.count <= 0:
+                    continue
+                if fault.after > 0:
+                    fault.after -= 1
                     continue
                 if fault.rate < 1.0 and self._rng.random() >= fault.rate:
                     continue

@@ -165,19 +165,21 @@ class KlaviyoSimulator:
         retry_after: int = 1,
         seconds: float = 30.0,
         malformed: bool = False,
+        after: int = 0,
     ) -> None:
         """Arm a fault: ``500``/``502``/``503``/``504``, ``429`` (``retry_after``), ``slow``
         (stall ``seconds``), ``drop`` (close mid-body), ``truncate`` (short body, or complete but
         ``malformed`` JSON), ``repeat_cursor`` (``links.next`` = this page again).
 
         ``rate``: probability per matching request (seeded); ``count``: only the next N matching
-        requests; ``path``: only that endpoint (``/api/events`` or ``events``).
+        requests; ``path``: only that endpoint (``/api/events`` or ``events``); ``after``: let that
+        many matching requests through first (a fault mid-run).
         """
         if path is not None and not path.startswith("/"):
             path = endpoint(path).path
         elif path is not None:
             path = path.rstrip("/")
-        self._api.faults.add(Fault(kind, rate, count, path, retry_after, seconds, malformed))
+        self._api.faults.add(Fault(kind, rate, count, path, retry_after, seconds, malformed, after))
 
     def clear_faults(self) -> None:
         """Disarm every fault."""
