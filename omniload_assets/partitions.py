@@ -21,6 +21,9 @@ def daily_partitions() -> dg.DailyPartitionsDefinition:
 
 def run_window(context: dg.AssetExecutionContext) -> TimeWindow | None:
     """The ``[start, end)`` a run covers: one day, a backfill's whole range, or None (unpartitioned)."""
+    # A range run's tags reach every asset of the run; unpartitioned ones still read everything.
+    if context.assets_def.partitions_def is None:
+        return None
     if not context.has_partition_key and not context.has_partition_key_range:
         return None
     window = context.partition_time_window
