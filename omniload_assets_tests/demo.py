@@ -41,12 +41,12 @@ def main() -> None:
             )
         elapsed = time.monotonic() - began
     with duckdb.connect(database, read_only=True) as conn:
-        print(f"\n{'table':<22}{'rows':>10}")
+        print(f"\n{'table':<30}{'rows':>10}")
         for spec in TABLES:
             (count,) = conn.execute(
                 f"SELECT count(*) FROM {qualified_name(conn, 'klaviyo', spec.asset_name)}"
             ).fetchone()
-            print(f"{'klaviyo.' + spec.asset_name:<22}{count:>10,}")
+            print(f"{'klaviyo.' + spec.asset_name:<30}{count:>10,}")
     print(f"\nall 15 tables loaded in {elapsed:.1f} s -> {database}")
 
 

@@ -7,6 +7,8 @@ from datetime import UTC, date, datetime, timedelta
 
 import dagster as dg
 import duckdb
+import pandas as pd
+import pyarrow as pa
 import pytest
 
 from omniload_assets.assets import asset_key
@@ -130,3 +132,30 @@ def test_a_failed_run_leaves_the_table_as_it_was(defs, simulator, db_path, insta
         )
         assert not result.success
     assert {t: table_rows(db_path, t) for t in ("events", "tags")} == before
+
+
+def test_downstream_assets_load_tables_as_arrow_pandas_and_duckdb(defs, simulator, db_path, instance) -> None:
+    events = defs.get_assets_def(asset_key(get_table("events")))
+    seen: dict[str, object] = {}
+
+    @dg.asset(ins={"events": dg.AssetIn(key=asset_key(get_table("events")))})
+    def event_count_arrow(events: pa.Table) -> None:
+        seen["arrow"] = events.num_rows
+
+    @dg.asset(ins={"events": dg.AssetIn(key=asset_key(get_table("events")))})
+    def event_count_pandas(events: pd.DataFrame) -> None:
+        seen["pandas"] = len(events.index)
+
+    @dg.asset(ins={"events": dg.AssetIn(key=asset_key(get_table("events")))})
+    def event_count_duckdb(events: duckdb.DuckDBPyRelation) -> None:
+        seen["duckdb"] = events.aggregate("count(*)").fetchall()[0][0]
+
+    tags = partition_range_tags(FIRST_DAY, LAST_DAY)
+    assert dg.materialize([events], instance=instance, resources=defs.resources, tags=tags).success
+    downstream = [event_count_arrow, event_count_pandas, event_count_duckdb]
+    result = dg.materialize(
+        [events, *downstream], selection=downstream, instance=instance, resources=defs.resources
+    )
+    assert result.success
+    expected = len(simulator.ids("events", SIM_START, SIM_END))
+    assert seen == {"arrow": expected, "pandas": expected, "duckdb": expected}

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import time
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import dagster as dg
+import duckdb
 import pyarrow as pa
 from dagster._core.storage.db_io_manager import DbTypeHandler
 from dagster_duckdb import DuckDBIOManager
@@ -13,7 +15,7 @@ from pydantic import Field
 
 from omniload_assets import settings
 from omniload_assets.klaviyo.catalog import TableSpec, get_table
-from omniload_assets.warehouse.connection import open_database
+from omniload_assets.warehouse.connection import check_writable, open_database
 from omniload_assets.warehouse.staging import StagedTable
 from omniload_assets.warehouse.writer import WriteResult, merge_into, qualified_name, replace_table
 
@@ -27,13 +29,24 @@ def quote(identifier: str) -> str:
 class KlaviyoTablesIOManager(dg.IOManager):
     """Writes :class:`StagedTable` outputs to ``<schema>.<table>``; loads tables as Arrow/pandas."""
 
-    def __init__(self, database: str, schema: str, lock_timeout_s: float) -> None:
+    def __init__(
+        self,
+        database: str,
+        schema: str,
+        lock_timeout_s: float,
+        table_names: Mapping[str, str] | None = None,
+    ) -> None:
         self.database = database
         self.schema = schema
         self.lock_timeout_s = lock_timeout_s
+        self.table_names = dict(table_names or {})
 
     def _spec(self, context: dg.OutputContext | dg.InputContext) -> TableSpec:
         return get_table(context.asset_key.path[-1])
+
+    def table_name(self, spec: TableSpec) -> str:
+        """The DuckDB table of ``spec``: its asset name unless ``table_names`` overrides it."""
+        return self.table_names.get(spec.asset_name, spec.asset_name)
 
     def handle_output(self, context: dg.OutputContext, obj: StagedTable) -> None:
         if not isinstance(obj, StagedTable):
@@ -48,7 +61,7 @@ class KlaviyoTablesIOManager(dg.IOManager):
                     result = replace_table(
                         conn,
                         schema=self.schema,
-                        table=spec.asset_name,
+                        table=self.table_name(spec),
                         files=obj.files,
                         primary_key=spec.primary_key,
                         column_types=obj.column_types,
@@ -58,7 +71,7 @@ class KlaviyoTablesIOManager(dg.IOManager):
                     result = merge_into(
                         conn,
                         schema=self.schema,
-                        table=spec.asset_name,
+                        table=self.table_name(spec),
                         files=obj.files,
                         primary_key=spec.primary_key,
                         incremental_key=spec.incremental_key,
@@ -71,7 +84,7 @@ class KlaviyoTablesIOManager(dg.IOManager):
         context.add_output_metadata(self._metadata(spec, obj, result, preview))
 
     def _preview(self, conn: Any, spec: TableSpec) -> dg.MetadataValue:
-        table = qualified_name(conn, self.schema, spec.asset_name)
+        table = qualified_name(conn, self.schema, self.table_name(spec))
         order = f"{quote(spec.incremental_key)} DESC NULLS LAST, " if spec.incremental_key else ""
         cols = [spec.primary_key, *[c for c in spec.columns if spec.columns[c] != "JSON"][:5]]
         select = ", ".join(quote(c) for c in cols)
@@ -87,7 +100,7 @@ class KlaviyoTablesIOManager(dg.IOManager):
         stats = staged.stats
         meta: dict[str, Any] = {
             "dagster/row_count": result.table_rows,
-            "dagster/table_name": f"{self.schema}.{spec.asset_name}",
+            "dagster/table_name": f"{self.schema}.{self.table_name(spec)}",
             "strategy": spec.strategy,
             "rows_written": result.rows_written,
             "rows_inserted": result.inserted,
@@ -101,6 +114,13 @@ class KlaviyoTablesIOManager(dg.IOManager):
             "throttle_wait_s": round(float(stats.get("throttle_wait_s", 0.0)), 2),
             "pacing_wait_s": round(float(stats.get("pacing_wait_s", 0.0)), 2),
             "extract_s": round(float(stats.get("extract_s", 0.0)), 2),
+            # Extraction plus the write (extract_s alone when the stats carry no start time).
+            "duration_s": round(
+                time.time() - float(stats["started_at"])
+                if "started_at" in stats
+                else float(stats.get("extract_s", 0.0)),
+                2,
+            ),
             "preview": preview,
         }
         if staged.window is not None:
@@ -109,14 +129,37 @@ class KlaviyoTablesIOManager(dg.IOManager):
         return meta
 
     def load_input(self, context: dg.InputContext) -> Any:
+        """The table (for a partitioned downstream: the rows of its time window) as the input's type.
+
+        ``pyarrow.Table`` by default; ``pandas.DataFrame``, ``polars.DataFrame`` or a
+        ``duckdb.DuckDBPyRelation`` (over an in-memory copy, so no lock on the file is held) when the
+        input is annotated so.
+        """
         spec = self._spec(context)
+        where, params = "", []
+        if spec.incremental_key and context.has_asset_partitions:
+            window = context.asset_partitions_time_window
+            where = f" WHERE {quote(spec.incremental_key)} >= ? AND {quote(spec.incremental_key)} < ?"
+            params = [window.start, window.end]
         with open_database(self.database, read_only=True, lock_timeout_s=self.lock_timeout_s) as conn:
-            table = qualified_name(conn, self.schema, spec.asset_name)
-            arrow: pa.Table = conn.execute(f"SELECT * FROM {table}").fetch_arrow_table()
-        wanted = getattr(context.dagster_type, "typing_type", None)
-        if getattr(wanted, "__module__", "").startswith("pandas"):
-            return arrow.to_pandas()
-        return arrow
+            table = qualified_name(conn, self.schema, self.table_name(spec))
+            arrow: pa.Table = conn.execute(f"SELECT * FROM {table}{where}", params).to_arrow_table()
+        return convert_table(arrow, getattr(context.dagster_type, "typing_type", None))
+
+
+def convert_table(arrow: pa.Table, wanted: object) -> Any:
+    """``arrow`` as the type a downstream input asks for (Arrow unless it names another)."""
+    module = getattr(wanted, "__module__", "") or ""
+    name = getattr(wanted, "__name__", "")
+    if module.startswith("pandas"):
+        return arrow.to_pandas()
+    if module.startswith("polars"):
+        import polars
+
+        return polars.from_arrow(arrow)
+    if module.startswith("duckdb") and "Relation" in name:
+        return duckdb.connect().from_arrow(arrow)
+    return arrow
 
 
 class KlaviyoDuckDBIOManager(DuckDBIOManager):
@@ -130,14 +173,22 @@ class KlaviyoDuckDBIOManager(DuckDBIOManager):
     lock_timeout_s: float = Field(
         default=300.0, description="Seconds to wait for another process's lock on the DuckDB file."
     )
+    table_names: dict[str, str] = Field(
+        default_factory=dict,
+        description="Asset name -> DuckDB table name, for tables written under another name "
+        "(the CLI's --dest-table); tables not listed keep their asset name.",
+    )
 
     @staticmethod
     def type_handlers() -> Sequence[DbTypeHandler]:
         return []
 
     def create_io_manager(self, context: dg.InitResourceContext) -> KlaviyoTablesIOManager:
+        # A bad path fails the step here, before the asset spends time extracting.
+        check_writable(self.database)
         return KlaviyoTablesIOManager(
             database=self.database,
             schema=self.schema_ or settings.duckdb_schema(),
             lock_timeout_s=self.lock_timeout_s,
+            table_names=self.table_names,
         )
