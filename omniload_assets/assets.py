@@ -5,7 +5,7 @@ import warnings
 
 import dagster as dg
 
-from omniload_assets import settings
+from omniload_assets import progress, settings
 from omniload_assets.klaviyo.catalog import TABLES, TableSpec
 from omniload_assets.klaviyo.client import ClientStats
 from omniload_assets.klaviyo.resource import KlaviyoResource
@@ -43,6 +43,7 @@ def extract(context: dg.AssetExecutionContext, spec: TableSpec, klaviyo: Klaviyo
     stager = ParquetStager(spec, settings.env("OMNILOAD_STAGING_DIR"))
     started = time.monotonic()
     context.log.info(f"extracting {spec.name} {'(all)' if window is None else window}")
+    progress.extraction_started(spec.name, stats)
     try:
         with klaviyo.get_client() as client:
             batches = client.iter_records(
@@ -54,13 +55,18 @@ def extract(context: dg.AssetExecutionContext, spec: TableSpec, klaviyo: Klaviyo
             )
             for batch in batches:
                 stager.add(batch)
+                progress.extraction_advanced(spec.name, stats)
                 if stats.pages % LOG_EVERY_PAGES == 0:
                     rate = stats.records / max(time.monotonic() - started, 1e-6)
                     context.log.info(
                         f"{spec.name}: {stats.pages} pages, {stats.records} records "
                         f"({rate:,.0f}/s), {stats.throttled} throttled"
                     )
-        staged = stager.finish(window, {**stats.as_dict(), "extract_s": time.monotonic() - started})
+        extract_s = time.monotonic() - started
+        # started_at (epoch seconds) lets the IO manager report the whole duration, write included.
+        timing = {"extract_s": extract_s, "started_at": time.time() - extract_s}
+        staged = stager.finish(window, {**stats.as_dict(), **timing})
+        progress.extraction_finished(spec.name, stats)
     except BaseException:
         stager.discard()
         raise
@@ -88,8 +94,11 @@ def build_asset(spec: TableSpec, partitions_def: dg.PartitionsDefinition | None)
             "klaviyo/rate_limit": f"{spec.rate_limit.burst_per_s}/s, {spec.rate_limit.steady_per_min}/m",
         },
         partitions_def=partitions_def if partitioned else None,
-        backfill_policy=dg.BackfillPolicy.single_run() if partitioned else None,
+        backfill_policy=dg.BackfillPolicy.single_run(),
         io_manager_key=IO_MANAGER_KEY,
+        # One pool per Klaviyo endpoint: with a pool limit of 1 (README, Automation), runs never
+        # extract the same endpoint at once, so each run's pacing holds the account's rate limit.
+        pool=f"{KEY_PREFIX}_{spec.asset_name}",
     )
     def _asset(context: dg.AssetExecutionContext, klaviyo: KlaviyoResource) -> StagedTable:
         return extract(context, spec, klaviyo)

@@ -6,8 +6,11 @@ import dagster as dg
 
 from omniload_assets import settings
 from omniload_assets.assets import IO_MANAGER_KEY, build_assets
+from omniload_assets.automation import build_jobs, build_schedules
+from omniload_assets.checks import build_checks
 from omniload_assets.klaviyo.client import DEFAULT_BASE_URL
 from omniload_assets.klaviyo.resource import KlaviyoResource
+from omniload_assets.sensors import build_sensors
 from omniload_assets.warehouse.io_manager import KlaviyoDuckDBIOManager
 
 
@@ -28,7 +31,15 @@ def build_resources() -> dict[str, dg.ConfigurableResource | dg.ConfigurableIOMa
 
 def build_definitions() -> dg.Definitions:
     """Everything the code location holds, read from the environment at call time."""
-    return dg.Definitions(assets=build_assets(), resources=build_resources())
+    jobs = build_jobs()
+    return dg.Definitions(
+        assets=build_assets(),
+        asset_checks=build_checks(),
+        jobs=jobs.all(),
+        schedules=build_schedules(jobs),
+        sensors=build_sensors(jobs.incremental),
+        resources=build_resources(),
+    )
 
 
 defs = build_definitions()

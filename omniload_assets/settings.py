@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import math
 import os
+import re
 from datetime import UTC, date, datetime
 
 #: Environment variable -> (default, what it sets). The README's configuration table mirrors this.
@@ -14,7 +16,18 @@ ENV_VARS: dict[str, tuple[str | None, str]] = {
     "OMNILOAD_DUCKDB_SCHEMA": ("klaviyo", "DuckDB schema of the tables"),
     "OMNILOAD_DUCKDB_LOCK_TIMEOUT": ("300", "seconds to wait for another writer's file lock"),
     "OMNILOAD_STAGING_DIR": (None, "where extracted batches are staged (default: a temp dir)"),
+    "OMNILOAD_AUTOMATION": ("off", "schedules/sensors running from the start: off, all, or names (a,b)"),
+    "OMNILOAD_SCHEDULE_CRON": ("0 * * * *", "cron (UTC) of the incremental schedule: hourly"),
+    "OMNILOAD_LOOKBACK_DAYS": ("3", "days before today the incremental schedule re-materializes"),
+    "OMNILOAD_REPLACE_CRON": ("0 3 * * *", "cron (UTC) of the replace tables' refresh: daily"),
+    "OMNILOAD_SENSOR_INTERVAL": ("300", "seconds between the change sensor's ticks"),
+    "OMNILOAD_FRESHNESS_HOURS": ("48", "freshness check's max age, hours; per table: 48,metrics=720"),
 }
+
+
+#: The earliest ``OMNILOAD_START_DATE`` accepted (Klaviyo was founded in 2012).
+EARLIEST_START = date(2012, 1, 1)
+_ISO_DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
 
 
 class SettingsError(ValueError):
@@ -31,8 +44,10 @@ def env(name: str) -> str | None:
 
 def start_date() -> date:
     """``OMNILOAD_START_DATE`` as a date; a clear error when it is not ``YYYY-MM-DD``."""
-    raw = env("OMNILOAD_START_DATE") or "2022-01-01"
+    raw = (env("OMNILOAD_START_DATE") or "2022-01-01").strip()
     try:
+        if not _ISO_DATE.fullmatch(raw):
+            raise ValueError(raw)
         parsed = date.fromisoformat(raw)
     except ValueError:
         raise SettingsError(
@@ -40,6 +55,12 @@ def start_date() -> date:
         ) from None
     if parsed > datetime.now(UTC).date():
         raise SettingsError(f"OMNILOAD_START_DATE={raw!r} is in the future; use a past date")
+    if parsed < EARLIEST_START:
+        # Klaviyo has no data that old, and each day is a partition: keep the set small.
+        raise SettingsError(
+            f"OMNILOAD_START_DATE={raw!r} is before {EARLIEST_START.isoformat()}; use the day your "
+            "Klaviyo account's data starts, e.g. 2022-01-01"
+        )
     return parsed
 
 
@@ -52,8 +73,74 @@ def duckdb_schema() -> str:
 
 
 def lock_timeout_s() -> float:
+    """``OMNILOAD_DUCKDB_LOCK_TIMEOUT``: a finite, non-negative number of seconds."""
     raw = env("OMNILOAD_DUCKDB_LOCK_TIMEOUT") or "300"
     try:
-        return float(raw)
+        value = float(raw)
     except ValueError:
-        raise SettingsError(f"OMNILOAD_DUCKDB_LOCK_TIMEOUT={raw!r} is not a number of seconds") from None
+        value = math.nan
+    if not math.isfinite(value) or value < 0:
+        raise SettingsError(
+            f"OMNILOAD_DUCKDB_LOCK_TIMEOUT={raw!r} is not a number of seconds; use e.g. 300"
+        )
+    return value
+
+
+def _number(name: str, minimum: float) -> float:
+    raw = env(name) or ENV_VARS[name][0] or "0"
+    try:
+        value = float(raw)
+    except ValueError:
+        raise SettingsError(f"{name}={raw!r} is not a number") from None
+    if value < minimum:
+        raise SettingsError(f"{name}={raw!r} must be at least {minimum:g}")
+    return value
+
+
+def automation_names() -> frozenset[str]:
+    """Names of the schedules/sensors that start RUNNING (``OMNILOAD_AUTOMATION``); ``*`` means all."""
+    raw = (env("OMNILOAD_AUTOMATION") or "off").strip().lower()
+    if raw in {"", "off", "none", "false", "0", "no"}:
+        return frozenset()
+    if raw in {"all", "on", "true", "1", "yes"}:
+        return frozenset({"*"})
+    return frozenset(n.strip() for n in raw.split(",") if n.strip())
+
+
+def schedule_cron() -> str:
+    return env("OMNILOAD_SCHEDULE_CRON") or "0 * * * *"
+
+
+def replace_cron() -> str:
+    return env("OMNILOAD_REPLACE_CRON") or "0 3 * * *"
+
+
+def lookback_days() -> int:
+    return int(_number("OMNILOAD_LOOKBACK_DAYS", 0))
+
+
+def sensor_interval_s() -> int:
+    return int(_number("OMNILOAD_SENSOR_INTERVAL", 30))
+
+
+def freshness_max_age_hours(table: str) -> float:
+    """``OMNILOAD_FRESHNESS_HOURS`` for ``table``: ``48`` for all, ``48,events=6,metrics=720`` per table."""
+    raw = env("OMNILOAD_FRESHNESS_HOURS") or "48"
+    default, per_table = "48", {}
+    for part in (p.strip() for p in raw.split(",") if p.strip()):
+        name, sep, hours = part.partition("=")
+        if sep:
+            per_table[name.strip().replace("_", "-")] = hours.strip()
+        else:
+            default = part
+    value = per_table.get(table.replace("_", "-"), default)
+    try:
+        parsed = float(value)
+    except ValueError:
+        raise SettingsError(
+            f"OMNILOAD_FRESHNESS_HOURS={raw!r}: {value!r} is not a number of hours; "
+            "use e.g. 48 or 48,events=6,metrics=720"
+        ) from None
+    if parsed <= 0:
+        raise SettingsError(f"OMNILOAD_FRESHNESS_HOURS={raw!r}: hours must be positive")
+    return parsed

@@ -1,0 +1,238 @@
+"""Jobs and schedules that keep the tables current without a person, derived from the catalogue.
+
+* ``klaviyo_incremental_job``: the partitioned (merge) tables; ``klaviyo_replace_job``: the tables
+  replaced whole (tags, coupons).
+* ``klaviyo_incremental_schedule`` (hourly by default, ``OMNILOAD_SCHEDULE_CRON``): one run over
+  today's partition and the ``OMNILOAD_LOOKBACK_DAYS`` days before it (a partition range run, which
+  the assets' single-run backfill policy turns into one extraction), so late-arriving or
+  eventually-consistent records are caught; merges make the repetition idempotent.
+* ``klaviyo_replace_schedule`` (daily by default, ``OMNILOAD_REPLACE_CRON``): the replace tables.
+* The change sensor lives in :mod:`omniload_assets.sensors`.
+
+Everything ships STOPPED; ``OMNILOAD_AUTOMATION`` (``all`` or a list of names) starts them RUNNING.
+No tick requests a run while a run of the same tables and partitions is still in flight.
+"""
+
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+
+import dagster as dg
+from dagster._core.definitions.unresolved_asset_job_definition import UnresolvedAssetJobDefinition
+from dagster._core.storage.dagster_run import IN_PROGRESS_RUN_STATUSES
+from dagster._utils.schedules import is_valid_cron_string
+
+from omniload_assets import settings
+from omniload_assets.assets import asset_key
+from omniload_assets.klaviyo.catalog import TABLES, TableSpec
+from omniload_assets.runner import RANGE_END_TAG, RANGE_START_TAG, partition_range_tags
+
+INCREMENTAL_JOB = "klaviyo_incremental_job"
+REPLACE_JOB = "klaviyo_replace_job"
+INCREMENTAL_SCHEDULE = "klaviyo_incremental_schedule"
+REPLACE_SCHEDULE = "klaviyo_replace_schedule"
+CHANGE_SENSOR = "klaviyo_change_sensor"
+#: Run tag naming the schedule or sensor that requested a run.
+TRIGGER_TAG = "omniload/trigger"
+PARTITION_TAG = "dagster/partition"
+
+Clock = Callable[[], datetime]
+
+#: Asset key -> partition keys a run in flight is materializing; ``None`` means the whole asset.
+InFlight = Mapping[dg.AssetKey, frozenset[str] | None]
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def incremental_tables() -> list[TableSpec]:
+    """The partitioned tables (merged by primary key)."""
+    return [t for t in TABLES if t.partitioned]
+
+
+def replace_tables() -> list[TableSpec]:
+    """The tables replaced whole on every run."""
+    return [t for t in TABLES if not t.partitioned]
+
+
+@dataclass(frozen=True)
+class KlaviyoJobs:
+    """The two asset jobs the schedules and the sensor target."""
+
+    incremental: UnresolvedAssetJobDefinition
+    replace: UnresolvedAssetJobDefinition
+
+    def all(self) -> list[UnresolvedAssetJobDefinition]:
+        return [self.incremental, self.replace]
+
+
+def build_jobs() -> KlaviyoJobs:
+    """One job for the partitioned tables, one for the replace tables (checks included)."""
+    return KlaviyoJobs(
+        incremental=dg.define_asset_job(
+            INCREMENTAL_JOB,
+            selection=dg.AssetSelection.assets(*(asset_key(t) for t in incremental_tables())),
+            description="The partitioned Klaviyo tables (merge by primary key), with their checks.",
+        ),
+        replace=dg.define_asset_job(
+            REPLACE_JOB,
+            selection=dg.AssetSelection.assets(*(asset_key(t) for t in replace_tables())),
+            description="The Klaviyo tables replaced whole on every run, with their checks.",
+        ),
+    )
+
+
+def is_running_by_default(name: str) -> bool:
+    """Whether ``OMNILOAD_AUTOMATION`` switches the schedule or sensor ``name`` on."""
+    names = settings.automation_names()
+    return "*" in names or name.lower() in names
+
+
+def schedule_status(name: str) -> dg.DefaultScheduleStatus:
+    running = is_running_by_default(name)
+    return dg.DefaultScheduleStatus.RUNNING if running else dg.DefaultScheduleStatus.STOPPED
+
+
+def sensor_status(name: str) -> dg.DefaultSensorStatus:
+    running = is_running_by_default(name)
+    return dg.DefaultSensorStatus.RUNNING if running else dg.DefaultSensorStatus.STOPPED
+
+
+def checked_cron(variable: str, cron: str) -> str:
+    if not is_valid_cron_string(cron):
+        raise settings.SettingsError(f"{variable}={cron!r} is not a cron expression, e.g. '0 * * * *'")
+    return cron
+
+
+def day_keys(first: date, last: date) -> frozenset[str]:
+    """Daily partition keys ``first`` .. ``last`` inclusive."""
+    return frozenset((first + timedelta(n)).isoformat() for n in range((last - first).days + 1))
+
+
+def run_partitions(run: dg.DagsterRun) -> frozenset[str] | None:
+    """The daily partitions a run covers: its partition, its range, or None (the whole asset)."""
+    tags = run.tags
+    if PARTITION_TAG in tags:
+        return frozenset({tags[PARTITION_TAG]})
+    if RANGE_START_TAG in tags and RANGE_END_TAG in tags:
+        try:
+            first, last = date.fromisoformat(tags[RANGE_START_TAG]), date.fromisoformat(tags[RANGE_END_TAG])
+        except ValueError:
+            return None
+        return day_keys(first, last)
+    return None
+
+
+def runs_in_flight(
+    instance: dg.DagsterInstance, keys: Iterable[dg.AssetKey]
+) -> dict[dg.AssetKey, frozenset[str] | None]:
+    """What the queued and running runs materialize, for the assets ``keys``.
+
+    A run without an asset selection counts for the assets of its job when that is one of ours.
+    """
+    wanted = set(keys)
+    job_keys = {
+        INCREMENTAL_JOB: {asset_key(t) for t in incremental_tables()},
+        REPLACE_JOB: {asset_key(t) for t in replace_tables()},
+    }
+    found: dict[dg.AssetKey, frozenset[str] | None] = {}
+    for run in instance.get_runs(filters=dg.RunsFilter(statuses=list(IN_PROGRESS_RUN_STATUSES))):
+        selected = run.asset_selection if run.asset_selection is not None else job_keys.get(run.job_name)
+        if not selected:
+            continue
+        partitions = run_partitions(run)
+        for key in wanted & set(selected):
+            before = found.get(key, frozenset())
+            found[key] = None if before is None or partitions is None else before | partitions
+    return found
+
+
+def overlaps(in_flight: InFlight, key: dg.AssetKey, partitions: Iterable[str] | None) -> bool:
+    """True when a run in flight materializes any of ``partitions`` (None: any) of ``key``."""
+    if key not in in_flight:
+        return False
+    busy = in_flight[key]
+    return busy is None or partitions is None or bool(busy & set(partitions))
+
+
+def lookback_range(now: datetime, lookback_days: int, first_partition: date) -> tuple[date, date]:
+    """``(first, last)`` UTC days a tick at ``now`` materializes: today and the lookback before it."""
+    today = now.astimezone(UTC).date()
+    return max(today - timedelta(days=lookback_days), first_partition), today
+
+
+def build_incremental_schedule(
+    job: UnresolvedAssetJobDefinition,
+    *,
+    cron: str | None = None,
+    lookback_days: int | None = None,
+    clock: Clock = utc_now,
+) -> dg.ScheduleDefinition:
+    """Today's partition plus the lookback, in one partition range run per tick."""
+    cron = checked_cron("OMNILOAD_SCHEDULE_CRON", cron or settings.schedule_cron())
+    lookback = settings.lookback_days() if lookback_days is None else lookback_days
+    first_partition = settings.start_date()
+    keys = [asset_key(t) for t in incremental_tables()]
+
+    @dg.schedule(
+        name=INCREMENTAL_SCHEDULE,
+        cron_schedule=cron,
+        job=job,
+        execution_timezone="UTC",
+        default_status=schedule_status(INCREMENTAL_SCHEDULE),
+        description=(
+            f"Materializes today's partition of the {len(keys)} partitioned tables and the "
+            f"{lookback} day(s) before it in one run ({cron}, UTC)."
+        ),
+    )
+    def _schedule(context: dg.ScheduleEvaluationContext) -> dg.RunRequest | dg.SkipReason:
+        now = context.scheduled_execution_time or clock()
+        first, last = lookback_range(now, lookback, first_partition)
+        if last < first:
+            return dg.SkipReason(f"{last} is before the first partition ({first_partition})")
+        days = day_keys(first, last)
+        in_flight = runs_in_flight(context.instance, keys)
+        busy = sorted(k.to_user_string() for k in keys if overlaps(in_flight, k, days))
+        if busy:
+            return dg.SkipReason(f"a run of {', '.join(busy)} over {first}..{last} is still in flight")
+        return dg.RunRequest(
+            run_key=f"{INCREMENTAL_SCHEDULE}:{first}..{last}@{now.astimezone(UTC).isoformat()}",
+            tags={**partition_range_tags(first, last), TRIGGER_TAG: INCREMENTAL_SCHEDULE},
+        )
+
+    return _schedule
+
+
+def build_replace_schedule(
+    job: UnresolvedAssetJobDefinition, *, cron: str | None = None, clock: Clock = utc_now
+) -> dg.ScheduleDefinition:
+    """The replace tables, whole, on their own cadence (daily by default)."""
+    cron = checked_cron("OMNILOAD_REPLACE_CRON", cron or settings.replace_cron())
+    keys = [asset_key(t) for t in replace_tables()]
+
+    @dg.schedule(
+        name=REPLACE_SCHEDULE,
+        cron_schedule=cron,
+        job=job,
+        execution_timezone="UTC",
+        default_status=schedule_status(REPLACE_SCHEDULE),
+        description=f"Replaces {', '.join(t.name for t in replace_tables())} whole ({cron}, UTC).",
+    )
+    def _schedule(context: dg.ScheduleEvaluationContext) -> dg.RunRequest | dg.SkipReason:
+        now = context.scheduled_execution_time or clock()
+        in_flight = runs_in_flight(context.instance, keys)
+        busy = sorted(k.to_user_string() for k in keys if overlaps(in_flight, k, None))
+        if busy:
+            return dg.SkipReason(f"a run of {', '.join(busy)} is still in flight")
+        return dg.RunRequest(
+            run_key=f"{REPLACE_SCHEDULE}@{now.astimezone(UTC).isoformat()}",
+            tags={TRIGGER_TAG: REPLACE_SCHEDULE},
+        )
+
+    return _schedule
+
+
+def build_schedules(jobs: KlaviyoJobs) -> Sequence[dg.ScheduleDefinition]:
+    """Both schedules, configured from the environment."""
+    return [build_incremental_schedule(jobs.incremental), build_replace_schedule(jobs.replace)]

@@ -1,0 +1,383 @@
+"""Schedules and the change sensor, against the simulator, a real DuckDB file and a real instance."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+
+import dagster as dg
+import pytest
+from dagster._core.storage.dagster_run import DagsterRun, DagsterRunStatus
+
+from omniload_assets.assets import asset_key
+from omniload_assets.automation import (
+    CHANGE_SENSOR,
+    INCREMENTAL_JOB,
+    INCREMENTAL_SCHEDULE,
+    REPLACE_JOB,
+    REPLACE_SCHEDULE,
+    TRIGGER_TAG,
+    incremental_tables,
+    replace_tables,
+)
+from omniload_assets.klaviyo.catalog import TABLES, get_table
+from omniload_assets.klaviyo.resource import KlaviyoResource
+from omniload_assets.runner import RANGE_END_TAG, RANGE_START_TAG
+from omniload_assets.sensors import ChangeProbe, dump_marks, load_marks, warehouse_marks
+from omniload_assets_tests.conftest import SIM_END, SIM_START, table_ids
+from omniload_assets_tests.simulator import KlaviyoSimulator
+
+#: A mix of every way the sensor asks: sort+filter (GE, GT-only, GT/LT), filter variants, full listing.
+WATCHED = ("events", "profiles", "campaigns", "lists", "metrics", "catalog-items")
+LAST_DAY = (SIM_END - timedelta(days=1)).date()
+
+
+@pytest.fixture(scope="module")
+def module_instance() -> Iterator[dg.DagsterInstance]:
+    """build_sensor_context / build_schedule_context need a persistent instance (slow to create)."""
+    with dg.instance_for_test() as inst:
+        yield inst
+
+
+@pytest.fixture
+def persistent_instance(module_instance: dg.DagsterInstance) -> dg.DagsterInstance:
+    """The module's instance, emptied of the runs earlier tests left."""
+    module_instance.wipe()
+    return module_instance
+
+
+def tick(defs: dg.Definitions, instance: dg.DagsterInstance, cursor: str | None) -> dg.SensorResult:
+    sensor = defs.resolve_sensor_def(CHANGE_SENSOR)
+    context = dg.build_sensor_context(instance=instance, cursor=cursor, resources=defs.resources)
+    result = sensor(context)
+    assert isinstance(result, dg.SensorResult)
+    return result
+
+
+def requested(result: dg.SensorResult) -> dict[str, set[str]]:
+    """Partition key -> the tables its run request selects."""
+    out: dict[str, set[str]] = {}
+    for request in result.run_requests or []:
+        assert request.partition_key is not None
+        assert request.partition_key not in out, "one run request per partition"
+        out[request.partition_key] = {k.path[-1] for k in request.asset_selection or []}
+    return out
+
+
+def materialize_last_day(defs: dg.Definitions, instance: dg.DagsterInstance, tables: tuple[str, ...]) -> None:
+    """Land the simulator's last day: the newest keys, so DuckDB's high-water marks are current."""
+    assets = [defs.get_assets_def(asset_key(get_table(t))) for t in tables]
+    result = dg.materialize(
+        assets, partition_key=LAST_DAY.isoformat(), instance=instance, resources=defs.resources
+    )
+    assert result.success
+
+
+def run_request_now(
+    defs: dg.Definitions, instance: dg.DagsterInstance, request: dg.RunRequest
+) -> dg.ExecuteInProcessResult:
+    """Execute a run request of the sensor as the run it asks for: its job, partition and assets."""
+    return defs.resolve_job_def(INCREMENTAL_JOB).execute_in_process(
+        instance=instance,
+        partition_key=request.partition_key,
+        asset_selection=list(request.asset_selection or []),
+        tags=request.tags,
+    )
+
+
+def add_run_in_flight(instance: dg.DagsterInstance, table: str, tags: dict[str, str]) -> DagsterRun:
+    run = DagsterRun(
+        job_name=INCREMENTAL_JOB,
+        status=DagsterRunStatus.STARTED,
+        asset_selection=frozenset({asset_key(get_table(table))}),
+        tags=tags,
+    )
+    instance.add_run(run)
+    return run
+
+
+# -- definitions ---------------------------------------------------------------------------------
+
+
+def test_definitions_hold_jobs_schedules_and_a_stopped_sensor(defs: dg.Definitions) -> None:
+    incremental = defs.resolve_job_def(INCREMENTAL_JOB)
+    replace = defs.resolve_job_def(REPLACE_JOB)
+    assert incremental.asset_layer.executable_asset_keys == {asset_key(t) for t in TABLES if t.partitioned}
+    assert replace.asset_layer.executable_asset_keys == {asset_key(get_table(n)) for n in ("tags", "coupons")}
+    schedules = {s.name: s for s in defs.schedules or []}
+    assert set(schedules) == {INCREMENTAL_SCHEDULE, REPLACE_SCHEDULE}
+    assert schedules[INCREMENTAL_SCHEDULE].cron_schedule == "0 * * * *"
+    assert schedules[REPLACE_SCHEDULE].cron_schedule == "0 3 * * *"
+    assert schedules[INCREMENTAL_SCHEDULE].job_name == INCREMENTAL_JOB
+    sensor = defs.resolve_sensor_def(CHANGE_SENSOR)
+    assert sensor.minimum_interval_seconds == 300
+    assert all(s.default_status == dg.DefaultScheduleStatus.STOPPED for s in schedules.values())
+    assert sensor.default_status == dg.DefaultSensorStatus.STOPPED
+    # Each asset sits in its endpoint's pool, so a pool limit of 1 keeps runs within rate limits.
+    for spec in TABLES:
+        node = defs.get_assets_def(asset_key(spec)).op
+        assert node.pool == f"klaviyo_{spec.asset_name}"
+
+
+def test_the_automation_setting_switches_them_on(sim_env, monkeypatch: pytest.MonkeyPatch) -> None:
+    from omniload_assets.definitions import build_definitions
+
+    monkeypatch.setenv("OMNILOAD_AUTOMATION", f"{CHANGE_SENSOR}, {REPLACE_SCHEDULE}")
+    monkeypatch.setenv("OMNILOAD_SCHEDULE_CRON", "*/15 * * * *")
+    monkeypatch.setenv("OMNILOAD_SENSOR_INTERVAL", "60")
+    defs = build_definitions()
+    schedules = {s.name: s for s in defs.schedules or []}
+    assert schedules[REPLACE_SCHEDULE].default_status == dg.DefaultScheduleStatus.RUNNING
+    assert schedules[INCREMENTAL_SCHEDULE].default_status == dg.DefaultScheduleStatus.STOPPED
+    assert schedules[INCREMENTAL_SCHEDULE].cron_schedule == "*/15 * * * *"
+    sensor = defs.resolve_sensor_def(CHANGE_SENSOR)
+    assert sensor.default_status == dg.DefaultSensorStatus.RUNNING
+    assert sensor.minimum_interval_seconds == 60
+
+    monkeypatch.setenv("OMNILOAD_AUTOMATION", "all")
+    defs = build_definitions()
+    assert all(s.default_status == dg.DefaultScheduleStatus.RUNNING for s in defs.schedules or [])
+    # What `dagster definitions validate` checks: the code location loads, targets resolve.
+    dg.Definitions.validate_loadable(defs)
+    repository = defs.get_repository_def()
+    assert {s.name for s in repository.schedule_defs} == {INCREMENTAL_SCHEDULE, REPLACE_SCHEDULE}
+    assert {s.name for s in repository.sensor_defs} == {CHANGE_SENSOR}
+
+    monkeypatch.setenv("OMNILOAD_SCHEDULE_CRON", "every hour")
+    with pytest.raises(ValueError, match="OMNILOAD_SCHEDULE_CRON"):
+        build_definitions()
+
+
+# -- schedules -----------------------------------------------------------------------------------
+
+
+def evaluate_schedule(
+    defs: dg.Definitions, instance: dg.DagsterInstance, name: str, at: datetime
+) -> list[dg.RunRequest]:
+    schedule = next(s for s in defs.schedules or [] if s.name == name)
+    context = dg.build_schedule_context(instance=instance, scheduled_execution_time=at)
+    data = schedule.evaluate_tick(context)
+    return list(data.run_requests or [])
+
+
+def test_incremental_schedule_covers_today_and_the_lookback(
+    defs, simulator, db_path, persistent_instance, instance
+) -> None:
+    at = datetime(2024, 1, 10, 7, 0, tzinfo=UTC)
+    (request,) = evaluate_schedule(defs, persistent_instance, INCREMENTAL_SCHEDULE, at)
+    assert request.tags[RANGE_START_TAG] == "2024-01-07"
+    assert request.tags[RANGE_END_TAG] == "2024-01-10"
+    assert request.tags[TRIGGER_TAG] == INCREMENTAL_SCHEDULE
+    assert request.partition_key is None  # one range run, not one run per day
+    # The next tick is a new run (its own run key); the same tick again is the same run.
+    (later,) = evaluate_schedule(defs, persistent_instance, INCREMENTAL_SCHEDULE, at + timedelta(hours=1))
+    assert later.run_key != request.run_key
+    (again,) = evaluate_schedule(defs, persistent_instance, INCREMENTAL_SCHEDULE, at)
+    assert again.run_key == request.run_key
+
+    # Running what the tick requested (its job, range tags) lands exactly today and the three days
+    # before it, in one run.
+    result = defs.resolve_job_def(INCREMENTAL_JOB).execute_in_process(
+        instance=instance, tags=request.tags, asset_selection=[asset_key(get_table("events"))]
+    )
+    assert result.success
+    first = datetime(2024, 1, 7, tzinfo=UTC)
+    assert set(table_ids(db_path, "events")) == simulator.ids("events", first, first + timedelta(days=4))
+
+
+def test_schedule_lookback_is_configurable_and_clamped_to_the_start_date(
+    sim_env, persistent_instance, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from omniload_assets.definitions import build_definitions
+
+    monkeypatch.setenv("OMNILOAD_LOOKBACK_DAYS", "1")
+    defs = build_definitions()
+    (request,) = evaluate_schedule(
+        defs, persistent_instance, INCREMENTAL_SCHEDULE, datetime(2024, 1, 10, 23, 0, tzinfo=UTC)
+    )
+    assert (request.tags[RANGE_START_TAG], request.tags[RANGE_END_TAG]) == ("2024-01-09", "2024-01-10")
+    monkeypatch.setenv("OMNILOAD_LOOKBACK_DAYS", "3")
+    defs = build_definitions()
+    (request,) = evaluate_schedule(
+        defs, persistent_instance, INCREMENTAL_SCHEDULE, datetime(2024, 1, 2, 0, 0, tzinfo=UTC)
+    )
+    assert (request.tags[RANGE_START_TAG], request.tags[RANGE_END_TAG]) == ("2024-01-01", "2024-01-02")
+
+
+def test_schedules_skip_while_a_run_of_their_partitions_is_in_flight(defs, persistent_instance) -> None:
+    at = datetime(2024, 1, 10, 7, 0, tzinfo=UTC)
+    run = add_run_in_flight(
+        persistent_instance, "profiles", {RANGE_START_TAG: "2024-01-08", RANGE_END_TAG: "2024-01-08"}
+    )
+    assert evaluate_schedule(defs, persistent_instance, INCREMENTAL_SCHEDULE, at) == []
+    # A run of other days does not hold the schedule back.
+    persistent_instance.report_run_canceled(run)
+    add_run_in_flight(persistent_instance, "profiles", {"dagster/partition": "2024-01-05"})
+    assert len(evaluate_schedule(defs, persistent_instance, INCREMENTAL_SCHEDULE, at)) == 1
+
+
+def test_replace_schedule_refreshes_the_replace_tables(
+    defs, simulator, db_path, persistent_instance, instance
+) -> None:
+    (request,) = evaluate_schedule(
+        defs, persistent_instance, REPLACE_SCHEDULE, datetime(2024, 1, 10, 3, tzinfo=UTC)
+    )
+    assert request.partition_key is None and RANGE_START_TAG not in request.tags
+    job = defs.resolve_job_def(REPLACE_JOB)
+    result = job.execute_in_process(instance=instance, tags=request.tags)
+    assert result.success
+    for spec in replace_tables():
+        assert set(table_ids(db_path, spec.asset_name)) == simulator.ids(spec.name)
+    # The job runs every table's checks right after it is written.
+    checked = {(e.asset_key.path[-1], e.check_name) for e in result.get_asset_check_evaluations()}
+    assert checked == {
+        (s.asset_name, c)
+        for s in replace_tables()
+        for c in ("primary_key_unique", "primary_key_not_null", "freshness")
+    }
+
+
+# -- the change sensor ---------------------------------------------------------------------------
+
+
+def test_sensor_requests_exactly_the_changed_partitions_once(
+    defs, simulator: KlaviyoSimulator, db_path: Path, persistent_instance, instance
+) -> None:
+    materialize_last_day(defs, instance, WATCHED)
+
+    # First tick: marks come from DuckDB; nothing changed, so nothing is requested.
+    simulator.reset_stats()
+    first = tick(defs, persistent_instance, None)
+    assert requested(first) == {}
+    marks = load_marks(first.cursor)
+    assert set(marks) == set(WATCHED)  # tables never materialized have no mark
+    assert marks == warehouse_marks(str(db_path), "klaviyo", [get_table(t) for t in WATCHED])
+    # Cheap: one request per table (per filter variant) where the API sorts, one listing elsewhere.
+    stats = simulator.stats
+    for name in ("events", "profiles", "lists"):
+        assert stats.requests[get_table(name).path] == 1, name
+    assert stats.requests[get_table("campaigns").path] == 2  # archived and not
+    assert stats.requests[get_table("metrics").path] == 1
+    assert sum(stats.requests.values()) <= 8
+
+    # Changes on days 12, 13, 14 and 15 (none on 13 or 14 for profiles).
+    simulator.mutate("profiles", updated=3, added=2, at=datetime(2024, 1, 12, 10, tzinfo=UTC))
+    simulator.mutate("profiles", updated=1, added=0, at=datetime(2024, 1, 15, 9, tzinfo=UTC))
+    simulator.mutate("campaigns", updated=1, added=1, at=datetime(2024, 1, 13, 11, tzinfo=UTC))
+    simulator.mutate("metrics", updated=1, added=1, at=datetime(2024, 1, 13, 8, tzinfo=UTC))
+    simulator.mutate("events", updated=0, added=3, at=datetime(2024, 1, 14, 6, tzinfo=UTC))
+    simulator.mutate("catalog-items", updated=2, added=0, at=datetime(2024, 1, 12, 1, tzinfo=UTC))
+    second = tick(defs, persistent_instance, first.cursor)
+    assert requested(second) == {
+        "2024-01-12": {"profiles", "catalog_items"},
+        "2024-01-13": {"campaigns", "metrics"},
+        "2024-01-14": {"events"},
+        "2024-01-15": {"profiles"},
+    }
+    assert all(r.tags[TRIGGER_TAG] == CHANGE_SENSOR for r in second.run_requests or [])
+    advanced = load_marks(second.cursor)
+    assert advanced["profiles"] == datetime(2024, 1, 15, 9, tzinfo=UTC)
+    assert advanced["events"] == datetime(2024, 1, 14, 6, tzinfo=UTC)
+    assert advanced["metrics"] == datetime(2024, 1, 13, 8, tzinfo=UTC)
+    assert advanced["lists"] == marks["lists"]
+
+    # Second tick on the advanced cursor: nothing new, nothing repeated.
+    assert requested(tick(defs, persistent_instance, second.cursor)) == {}
+
+    # Running the requests brings DuckDB up to date: the materialized marks count even on the
+    # first tick's (now stale) cursor, and a sensor starting afresh finds nothing to do either.
+    for request in second.run_requests or []:
+        assert run_request_now(defs, instance, request).success
+    assert requested(tick(defs, persistent_instance, first.cursor)) == {}
+    assert requested(tick(defs, persistent_instance, None)) == {}
+    day = datetime(2024, 1, 12, tzinfo=UTC)
+    assert simulator.ids("profiles", day, day + timedelta(days=1)) <= set(table_ids(db_path, "profiles"))
+
+
+def test_sensor_defers_a_table_whose_changed_partition_is_in_flight(
+    defs, simulator, persistent_instance, instance
+) -> None:
+    materialize_last_day(defs, instance, ("profiles", "lists"))
+    first = tick(defs, persistent_instance, None)
+    simulator.mutate("profiles", updated=2, added=0, at=datetime(2024, 1, 12, 10, tzinfo=UTC))
+    simulator.mutate("lists", updated=1, added=0, at=datetime(2024, 1, 12, 11, tzinfo=UTC))
+    run = add_run_in_flight(persistent_instance, "profiles", {"dagster/partition": "2024-01-12"})
+
+    held = tick(defs, persistent_instance, first.cursor)
+    assert requested(held) == {"2024-01-12": {"lists"}}
+    # The profiles mark stays put, so the change is requested once the run in flight is over.
+    assert load_marks(held.cursor)["profiles"] == load_marks(first.cursor)["profiles"]
+    assert requested(tick(defs, persistent_instance, held.cursor)) == {}
+    persistent_instance.report_run_failed(run)
+    assert requested(tick(defs, persistent_instance, held.cursor)) == {"2024-01-12": {"profiles"}}
+
+
+def test_sensor_skips_a_throttled_table_and_keeps_its_mark(
+    defs, simulator, persistent_instance, instance
+) -> None:
+    materialize_last_day(defs, instance, ("profiles", "events"))
+    first = tick(defs, persistent_instance, None)
+    simulator.mutate("profiles", updated=1, added=0, at=datetime(2024, 1, 12, 10, tzinfo=UTC))
+    simulator.mutate("events", updated=0, added=1, at=datetime(2024, 1, 12, 10, tzinfo=UTC))
+    # Klaviyo answers 429 with an hour's Retry-After: the sensor must not wait (or hammer) it out.
+    simulator.set_fault("429", path="profiles", retry_after=3600, count=1)
+    throttled = tick(defs, persistent_instance, first.cursor)
+    assert requested(throttled) == {"2024-01-12": {"events"}}
+    assert simulator.stats.throttled == 1
+    assert load_marks(throttled.cursor)["profiles"] == load_marks(first.cursor)["profiles"]
+    again = tick(defs, persistent_instance, throttled.cursor)
+    assert requested(again) == {"2024-01-12": {"profiles"}}
+
+
+def test_sensor_leaves_tables_never_materialized_to_the_schedule(
+    defs, simulator, persistent_instance
+) -> None:
+    result = tick(defs, persistent_instance, None)
+    assert requested(result) == {}
+    assert load_marks(result.cursor) == {}
+    assert sum(simulator.stats.requests.values()) == 0
+
+
+def test_probe_scan_budget_falls_back_to_every_later_day(simulator: KlaviyoSimulator) -> None:
+    spec = get_table("profiles")
+    mark = SIM_END - timedelta(microseconds=1)
+    for day in (12, 14, 17):
+        simulator.mutate("profiles", updated=1, added=0, at=datetime(2024, 1, day, 12, tzinfo=UTC))
+    klaviyo = KlaviyoResource(api_key=simulator.api_key, base_url=simulator.base_url)
+    with klaviyo.get_client() as client:
+        exact = ChangeProbe(client).changes(spec, mark)
+        budget = ChangeProbe(client, max_scan=1).changes(spec, mark)
+    assert exact is not None and budget is not None
+    assert exact.days == {date(2024, 1, d) for d in (12, 14, 17)}
+    # One scan request found the 12th; the rest of the span counts as changed (a safe superset).
+    assert budget.days == {date(2024, 1, d) for d in range(12, 18)}
+    assert exact.newest == budget.newest == datetime(2024, 1, 17, 12, tzinfo=UTC)
+
+
+def test_every_probed_table_is_accepted_by_the_api(simulator: KlaviyoSimulator) -> None:
+    """Sorts and filters the sensor sends exist on each endpoint (the simulator answers 400 otherwise)."""
+    klaviyo = KlaviyoResource(api_key=simulator.api_key, base_url=simulator.base_url)
+    mark = SIM_START + timedelta(days=5)
+    with klaviyo.get_client() as client:
+        for spec in incremental_tables():
+            change = ChangeProbe(client).changes(spec, mark)
+            assert change is not None, spec.name
+            expected = {
+                d.date()
+                for d in (
+                    datetime.fromisoformat(r["attributes"][spec.incremental_key]).astimezone(UTC)
+                    for r in simulator.records(spec.name)
+                    if r["attributes"].get(spec.incremental_key)
+                )
+                if d > mark
+            }
+            assert change.days == expected, spec.name
+
+
+def test_cursor_round_trips_and_tolerates_garbage() -> None:
+    marks = {"events": datetime(2024, 1, 2, 3, 4, 5, 6, tzinfo=UTC)}
+    assert load_marks(dump_marks(marks)) == marks
+    assert json.loads(dump_marks(marks))["marks"]["events"] == "2024-01-02T03:04:05.000006+00:00"
+    assert load_marks("not json") == {} and load_marks(None) == {}

@@ -1,0 +1,152 @@
+"""Asset checks on real DuckDB tables: primary key unique and not null, freshness."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+
+import dagster as dg
+import duckdb
+import pytest
+
+from omniload_assets import settings
+from omniload_assets.assets import asset_key
+from omniload_assets.checks import FRESHNESS, NOT_NULL, UNIQUE
+from omniload_assets.klaviyo.catalog import TABLES, get_table
+from omniload_assets.warehouse.writer import qualified_name
+
+CHECKS = (UNIQUE, NOT_NULL, FRESHNESS)
+
+
+def evaluations(result: dg.ExecuteInProcessResult) -> dict[tuple[str, str], dg.AssetCheckEvaluation]:
+    return {(e.asset_key.path[-1], e.check_name): e for e in result.get_asset_check_evaluations()}
+
+
+def materialize(defs: dg.Definitions, instance: dg.DagsterInstance, table: str) -> dg.ExecuteInProcessResult:
+    """Materialize a table the way its job does: the asset, then its checks, in one run."""
+    spec = get_table(table)
+    asset = defs.get_assets_def(asset_key(spec))
+    checks = defs.get_asset_checks_def(dg.AssetCheckKey(asset_key(spec), UNIQUE))
+    result = dg.materialize(
+        [asset, checks],
+        instance=instance,
+        resources=defs.resources,
+        partition_key="2024-01-10" if spec.partitioned else None,
+    )
+    assert result.success
+    return result
+
+
+def run_checks(defs: dg.Definitions, instance: dg.DagsterInstance, table: str) -> dg.ExecuteInProcessResult:
+    """Only the checks of ``table``, as the UI's "Execute checks" does."""
+    spec = get_table(table)
+    asset = defs.get_assets_def(asset_key(spec))
+    checks = defs.get_asset_checks_def(dg.AssetCheckKey(asset_key(spec), UNIQUE))
+    return dg.materialize(
+        [asset, checks],
+        instance=instance,
+        resources=defs.resources,
+        selection=dg.AssetSelection.checks_for_assets(asset),
+    )
+
+
+def execute(db_path: Path, table: str, sql: str) -> None:
+    with duckdb.connect(str(db_path)) as conn:
+        conn.execute(sql.format(table=qualified_name(conn, "klaviyo", table)))
+
+
+def test_every_table_has_the_three_checks(defs: dg.Definitions) -> None:
+    keys = set(defs.resolve_asset_graph().asset_check_keys)
+    assert keys == {dg.AssetCheckKey(asset_key(t), c) for t in TABLES for c in CHECKS}
+
+
+@pytest.mark.parametrize("table", ["profiles", "tags"])
+def test_checks_pass_on_a_healthy_table_right_after_it_is_written(defs, instance, table: str) -> None:
+    result = materialize(defs, instance, table)
+    found = evaluations(result)
+    assert set(found) == {(get_table(table).asset_name, c) for c in CHECKS}
+    name = get_table(table).asset_name
+    assert found[(name, UNIQUE)].passed and found[(name, NOT_NULL)].passed
+    assert found[(name, UNIQUE)].metadata["duplicated_keys"].value == 0
+    assert found[(name, UNIQUE)].metadata["rows"].value > 0
+
+
+def test_checks_fail_on_a_duplicated_id(defs, instance, db_path: Path) -> None:
+    materialize(defs, instance, "profiles")
+    with duckdb.connect(str(db_path), read_only=True) as conn:
+        table = qualified_name(conn, "klaviyo", "profiles")
+        (dupe,) = conn.execute(f"SELECT id FROM {table} ORDER BY id LIMIT 1").fetchone()
+    execute(db_path, "profiles", f"INSERT INTO {{table}} SELECT * FROM {{table}} WHERE id = '{dupe}'")
+    found = evaluations(run_checks(defs, instance, "profiles"))
+    unique = found[("profiles", UNIQUE)]
+    assert not unique.passed
+    assert unique.severity == dg.AssetCheckSeverity.ERROR
+    assert unique.metadata["duplicated_keys"].value == 1
+    assert unique.metadata["sample"].value == dupe
+    assert found[("profiles", NOT_NULL)].passed
+
+
+def test_checks_fail_on_a_null_id(defs, instance, db_path: Path) -> None:
+    materialize(defs, instance, "tags")
+    execute(db_path, "tags", "INSERT INTO {table} (id, name) VALUES (NULL, 'orphan')")
+    found = evaluations(run_checks(defs, instance, "tags"))
+    assert not found[("tags", NOT_NULL)].passed
+    assert found[("tags", NOT_NULL)].metadata["null_keys"].value == 1
+    assert found[("tags", UNIQUE)].passed  # NULL is missing, not a duplicate
+
+
+def test_checks_fail_when_the_table_is_missing(defs, instance) -> None:
+    found = evaluations(run_checks(defs, instance, "events"))
+    assert {c for (_, c), e in found.items() if not e.passed} == set(CHECKS)
+
+
+def test_freshness_uses_the_newest_incremental_key_and_its_threshold(
+    sim_env, instance, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from omniload_assets.definitions import build_definitions
+
+    # The simulator's newest profile is updated just before 2024-01-11; today is much later.
+    age_h = (datetime.now(UTC) - datetime(2024, 1, 11, tzinfo=UTC)).total_seconds() / 3600
+    monkeypatch.setenv("OMNILOAD_FRESHNESS_HOURS", f"48,profiles={age_h + 24:.0f}")
+    defs = build_definitions()
+    fresh = evaluations(materialize(defs, instance, "profiles"))[("profiles", FRESHNESS)]
+    assert fresh.passed
+    assert fresh.metadata["column"].value == "updated"
+    assert fresh.metadata["newest"].value.startswith("2024-01-10T23:59")
+
+    monkeypatch.setenv("OMNILOAD_FRESHNESS_HOURS", f"{age_h - 24:.0f}")
+    stale = evaluations(run_checks(build_definitions(), instance, "profiles"))[("profiles", FRESHNESS)]
+    assert not stale.passed
+    assert stale.severity == dg.AssetCheckSeverity.WARN
+    assert stale.metadata["age_hours"].value > stale.metadata["max_age_hours"].value
+
+
+def test_freshness_setting_parses_per_table_overrides(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OMNILOAD_FRESHNESS_HOURS", "12, catalog_items=720 ,events=1.5")
+    assert settings.freshness_max_age_hours("events") == 1.5
+    assert settings.freshness_max_age_hours("catalog-items") == 720
+    assert settings.freshness_max_age_hours("profiles") == 12
+    monkeypatch.setenv("OMNILOAD_FRESHNESS_HOURS", "events=soon")
+    with pytest.raises(settings.SettingsError, match="OMNILOAD_FRESHNESS_HOURS"):
+        settings.freshness_max_age_hours("events")
+
+
+def test_materialization_metadata_shows_what_the_run_did(defs, instance) -> None:
+    result = materialize(defs, instance, "profiles")
+    (event,) = result.asset_materializations_for_node("klaviyo__profiles")
+    meta = event.metadata
+    for name in (
+        "dagster/row_count",
+        "rows_inserted",
+        "rows_updated",
+        "window_start",
+        "window_end",
+        "requests",
+        "throttled_429",
+        "throttle_wait_s",
+        "duration_s",
+        "preview",
+    ):
+        assert name in meta, name
+    assert meta["duration_s"].value >= meta["extract_s"].value > 0
+    assert meta["requests"].value >= 1
