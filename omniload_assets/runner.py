@@ -36,8 +36,12 @@ def materialize_tables(
     instance: dg.DagsterInstance,
     resources: Mapping[str, object] | None = None,
     raise_on_error: bool = True,
+    run_config: Mapping[str, object] | None = None,
 ) -> list[RunOutcome]:
-    """One run for the partitioned tables over ``[first_day, last_day]``, one for the rest."""
+    """One run for the partitioned tables over ``[first_day, last_day]``, one for the rest.
+
+    ``run_config`` goes to every run as it is (the CLI uses it to quieten Dagster's console logger).
+    """
     if last_day < first_day:
         raise ValueError(f"the range ends ({last_day}) before it starts ({first_day})")
     assets = [defs.get_assets_def(asset_key(t)) for t in tables]
@@ -49,7 +53,12 @@ def materialize_tables(
         if not group:
             continue
         result = dg.materialize(
-            group, resources=res, instance=instance, tags=tags, raise_on_error=raise_on_error
+            group,
+            resources=res,
+            instance=instance,
+            tags=tags,
+            raise_on_error=raise_on_error,
+            run_config=dict(run_config) if run_config is not None else None,
         )
         for a in group:
             outcomes.append(RunOutcome(a.key.path[-1], result.success, result.run_id))

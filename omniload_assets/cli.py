@@ -1,0 +1,538 @@
+"""``omniload ingest``: the seed's command, running the table's Dagster asset in process.
+
+Nothing here extracts or writes data: the command checks its flags, points the code location's
+resources at the given source and destination, and materializes the table's asset over the
+partition range of ``[--interval-start, --interval-end)`` with ``runner.materialize_tables``.
+Dagster is imported only once the flags are valid, so ``--help`` and usage errors are instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import time
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from importlib import metadata
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any, NoReturn, TypeVar
+from urllib.parse import parse_qs, urlsplit
+
+from omniload_assets import progress, settings
+from omniload_assets.klaviyo.catalog import TABLES, TableSpec, get_table
+from omniload_assets.klaviyo.errors import redact
+from omniload_assets.progress import BarDisplay, LogDisplay, NullDisplay
+from omniload_assets.warehouse.connection import WarehouseError, is_local_file, resolve_database
+
+if TYPE_CHECKING:
+    import dagster as dg
+    from pydantic import BaseModel
+
+PROG = "omniload"
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+MIN_PARALLELISM, MAX_PARALLELISM = 1, 64  # KlaviyoResource.extract_parallelism's bounds
+TABLE_NAMES = ", ".join(t.name for t in TABLES)
+R = TypeVar("R", bound="BaseModel")
+
+EXAMPLE = """\
+example (the seed's command):
+  omniload ingest --source-table 'events' --source-uri 'klaviyo://?api_key=pk_test' \\
+    --dest-uri duckdb:///klaviyo.duckdb --interval-start 2022-01-01 \\
+    --dest-table 'dest.events' --extract-parallelism 20
+
+tables: {tables}
+
+The interval is widened to whole UTC days (the assets' daily partitions): 2024-01-05T12:00 to
+2024-01-06T01:00 loads the days 2024-01-05 and 2024-01-06. Merge tables upsert by id, so loading a
+day twice changes nothing; tags and coupons are replaced whole and ignore the interval.
+Runs use an ephemeral Dagster instance, or the instance in $DAGSTER_HOME when that is set.
+
+exit status: 0 loaded; 1 the run failed (the reason is printed on one line); 2 bad flags;
+130 interrupted.
+"""
+
+
+class UsageError(Exception):
+    """A flag's value cannot be used; the message says which and what to pass instead."""
+
+
+class IngestFailed(Exception):
+    """The run failed; the message is the one-line reason, from the run's event log."""
+
+    def __init__(self, reason: str, *, interrupted: bool = False) -> None:
+        super().__init__(reason)
+        self.interrupted = interrupted
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (``omniload ingest: error: ...``), exit status 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+# -- flag values ---------------------------------------------------------------------------------
+
+
+def parse_when(text: str) -> datetime:
+    """``2022-01-01``, ``2022-01-01T10:30``, ``2022-01-01 10:30:00Z`` or with an offset -> UTC."""
+    try:
+        parsed = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a date or datetime; use YYYY-MM-DD or YYYY-MM-DDTHH:MM:SS (UTC)"
+        ) from None
+    return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
+
+
+def parse_parallelism(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if not MIN_PARALLELISM <= value <= MAX_PARALLELISM:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a whole number from {MIN_PARALLELISM} to {MAX_PARALLELISM}"
+        )
+    return value
+
+
+def api_key_from_source_uri(uri: str | None) -> str:
+    """The key of ``--source-uri klaviyo://?api_key=...``, else of ``KLAVIYO_API_KEY``."""
+    if uri is None:
+        from_env = (os.environ.get("KLAVIYO_API_KEY") or "").strip()
+        if not from_env:
+            raise UsageError(
+                "no Klaviyo API key: pass --source-uri 'klaviyo://?api_key=pk_...' or set KLAVIYO_API_KEY"
+            )
+        if not from_env.startswith("klaviyo://"):
+            return from_env
+        uri, origin = from_env, "KLAVIYO_API_KEY"
+    else:
+        origin = "--source-uri"
+    parts = urlsplit(uri.strip())
+    if parts.scheme != "klaviyo":
+        raise UsageError(f"{origin} must look like klaviyo://?api_key=pk_... (got scheme {parts.scheme!r})")
+    keys = [k.strip() for k in parse_qs(parts.query).get("api_key", []) if k.strip()]
+    if not keys:
+        raise UsageError(f"{origin} has no api_key: use klaviyo://?api_key=pk_...")
+    return keys[0]
+
+
+def database_from_dest_uri(uri: str | None) -> str:
+    """What DuckDB opens for ``--dest-uri``: ``duckdb:///path``, a plain path, or ``md:``."""
+    raw = settings.duckdb_path() if uri is None else uri.strip()
+    if "://" in raw and not raw.startswith("duckdb://"):
+        raise UsageError(
+            f"--dest-uri {raw!r} is not a DuckDB destination; use duckdb:///path/to/file.duckdb "
+            "or md:database (MotherDuck)"
+        )
+    try:
+        target = resolve_database(raw)
+    except WarehouseError as exc:
+        raise UsageError(f"--dest-uri: {exc}") from None
+    return str(Path(target).absolute()) if is_local_file(target) else target
+
+
+def split_dest_table(text: str | None, spec: TableSpec) -> tuple[str, str]:
+    """``schema.table`` (or ``table``) -> (schema, table); defaults: the configured schema, the table."""
+    if text is None:
+        return settings.duckdb_schema(), spec.asset_name
+    parts = [p.strip() for p in text.strip().split(".")]
+    if len(parts) > 2 or not all(parts):
+        raise UsageError(f"--dest-table {text!r} must be schema.table or table, e.g. dest.events")
+    return (settings.duckdb_schema(), parts[0]) if len(parts) == 1 else (parts[0], parts[1])
+
+
+# -- the plan ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class IngestPlan:
+    """Everything ``ingest`` will do, checked before Dagster is imported."""
+
+    spec: TableSpec
+    api_key: str
+    database: str
+    schema: str
+    table: str
+    first_day: date
+    last_day: date
+    parallelism: int | None
+
+    @property
+    def days(self) -> int:
+        return (self.last_day - self.first_day).days + 1
+
+    def describe(self) -> str:
+        what = (
+            f"{self.spec.name} {self.first_day}..{self.last_day} "
+            f"({self.days:,} daily partition{'' if self.days == 1 else 's'})"
+            if self.spec.partitioned
+            else f"{self.spec.name} (replaced whole; the interval does not apply)"
+        )
+        workers = "" if self.parallelism is None else f", {self.parallelism} parallel requests"
+        return f"{what} -> {self.schema}.{self.table} in {self.database}{workers}"
+
+
+def plan_ingest(args: argparse.Namespace, now: datetime | None = None) -> IngestPlan:
+    """Check the flags together; raise :class:`UsageError` with a one-line reason."""
+    try:
+        spec = get_table(args.source_table.strip())
+    except KeyError:
+        raise UsageError(
+            f"unknown --source-table {args.source_table!r}; valid tables: {TABLE_NAMES}"
+        ) from None
+    now = now or datetime.now(UTC)
+    try:
+        start: datetime = args.interval_start or datetime.combine(
+            settings.start_date(), datetime.min.time(), UTC
+        )
+    except settings.SettingsError as exc:
+        raise UsageError(f"{exc} (or pass --interval-start)") from None
+    end: datetime = args.interval_end or now
+    if end <= start:
+        raise UsageError(
+            f"--interval-end {end.isoformat()} is not after --interval-start {start.isoformat()}"
+        )
+    if start > now:
+        raise UsageError(f"--interval-start {start.isoformat()} is in the future")
+    first_day = start.date()
+    # [start, end) in whole days: the last day is the one holding the instant just before `end`.
+    last_day = min((end - timedelta(microseconds=1)).date(), now.date())
+    schema, table = split_dest_table(args.dest_table, spec)
+    return IngestPlan(
+        spec=spec,
+        api_key=api_key_from_source_uri(args.source_uri),
+        database=database_from_dest_uri(args.dest_uri),
+        schema=schema,
+        table=table,
+        first_day=first_day,
+        last_day=last_day,
+        parallelism=args.extract_parallelism,
+    )
+
+
+# -- running it ----------------------------------------------------------------------------------
+
+
+class _DisplayHandler(logging.Handler):
+    """Our modules' log records (lock waits, retries) as status lines of the display."""
+
+    def __init__(self, display: LogDisplay | BarDisplay | NullDisplay) -> None:
+        super().__init__(logging.INFO)
+        self.display = display
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self.display.message(record.getMessage())
+        except Exception:  # a display problem must not fail the load
+            self.handleError(record)
+
+
+def open_instance() -> dg.DagsterInstance:
+    """The instance in ``$DAGSTER_HOME`` when set (runs show in its UI), else an ephemeral one."""
+    import dagster as dg
+
+    return dg.DagsterInstance.get() if os.environ.get("DAGSTER_HOME") else dg.DagsterInstance.ephemeral()
+
+
+def with_fields(resource: R, **updates: Any) -> R:
+    """A copy of a Dagster resource with some fields changed.
+
+    Not ``model_copy(update=...)``: Dagster builds the run's resource from the config resolved in
+    ``__init__``, which a pydantic copy keeps unchanged. Fields set explicitly (EnvVars included)
+    are passed on as they are.
+    """
+    cls = type(resource)
+    values = {
+        (cls.model_fields[name].alias or name): getattr(resource, name) for name in resource.model_fields_set
+    }
+    values.update(updates)
+    return cls(**values)
+
+
+def run_ingest(plan: IngestPlan, display: LogDisplay | BarDisplay | NullDisplay, verbose: bool) -> str:
+    """Materialize the table's asset as ``plan`` says; return a one-line summary of the write."""
+    # The definitions read these when built: the destination, and partitions that hold the range.
+    # The key goes through the environment, as the definitions' EnvVar: a literal value would be
+    # stored in the run's config snapshot of a persistent ($DAGSTER_HOME) instance.
+    os.environ["KLAVIYO_API_KEY"] = plan.api_key
+    os.environ["OMNILOAD_DUCKDB_PATH"] = plan.database
+    os.environ["OMNILOAD_DUCKDB_SCHEMA"] = plan.schema
+    if plan.spec.partitioned:
+        os.environ["OMNILOAD_START_DATE"] = plan.first_day.isoformat()
+
+    import dagster as dg
+
+    from omniload_assets.assets import IO_MANAGER_KEY, asset_key
+    from omniload_assets.definitions import build_definitions
+    from omniload_assets.runner import materialize_tables
+
+    defs = build_definitions()
+    resources: dict[str, Any] = dict(defs.resources or {})
+    if plan.parallelism is not None:
+        resources["klaviyo"] = with_fields(resources["klaviyo"], extract_parallelism=plan.parallelism)
+    io_manager = resources[IO_MANAGER_KEY]
+    resources[IO_MANAGER_KEY] = with_fields(
+        io_manager, table_names={**io_manager.table_names, plan.spec.asset_name: plan.table}
+    )
+    log_level = "INFO" if verbose else "CRITICAL"
+    began = time.monotonic()
+    with open_instance() as instance, progress.listening(display):
+        outcomes = materialize_tables(
+            defs,
+            [plan.spec],
+            first_day=plan.first_day,
+            last_day=plan.last_day,
+            instance=instance,
+            resources=resources,
+            raise_on_error=False,
+            run_config={"loggers": {"console": {"config": {"log_level": log_level}}}},
+        )
+        for outcome in outcomes:
+            if not outcome.success:
+                reason, interrupted = run_failure_reason(instance, outcome.run_id)
+                raise IngestFailed(reason, interrupted=interrupted)
+        event = instance.get_latest_materialization_event(asset_key(plan.spec))
+    meta: Mapping[str, Any] = {}
+    if event is not None and event.asset_materialization is not None:
+        meta = {k: getattr(v, "value", v) for k, v in event.asset_materialization.metadata.items()}
+    return summarize(plan, meta, time.monotonic() - began, dg.__version__)
+
+
+def summarize(plan: IngestPlan, meta: Mapping[str, Any], elapsed_s: float, dagster_version: str) -> str:
+    """``loaded events into dest.events (...): 1,200 rows written (...); table holds 5,000 rows``."""
+
+    def n(key: str) -> str:
+        value = meta.get(key)
+        return f"{int(value):,}" if isinstance(value, int | float) else "?"
+
+    return (
+        f"loaded {plan.spec.name} into {plan.schema}.{plan.table} in {plan.database}: "
+        f"{n('rows_written')} rows written ({n('rows_inserted')} inserted, {n('rows_updated')} updated, "
+        f"{n('rows_skipped_stale')} older than stored); the table holds {n('dagster/row_count')} rows; "
+        f"{n('pages')} pages, {n('requests')} requests, {n('throttled_429')} 429 waits; "
+        f"{elapsed_s:.1f} s (dagster {dagster_version})"
+    )
+
+
+def causes(exc: BaseException) -> list[BaseException]:
+    """``exc`` and what it wraps: Dagster's ``user_exception``, ``__cause__``, ``__context__``."""
+    chain: list[BaseException] = []
+    current: BaseException | None = exc
+    while current is not None and all(current is not seen for seen in chain):
+        chain.append(current)
+        current = getattr(current, "user_exception", None) or current.__cause__ or current.__context__
+    return chain
+
+
+def was_interrupted(exc: BaseException) -> bool:
+    return any(
+        isinstance(e, KeyboardInterrupt) or type(e).__name__ == "DagsterExecutionInterruptedError"
+        for e in causes(exc)
+    )
+
+
+def run_failure_reason(instance: dg.DagsterInstance, run_id: str) -> tuple[str, bool]:
+    """Why a run failed, from its step/run failure events (where Dagster keeps the whole chain),
+    and whether it was interrupted (Ctrl-C).
+
+    The first error raised by this package wins (``omniload_assets.…Error: message``), else the
+    first error that is not Dagster's own wrapper, else Dagster's message.
+    """
+    from dagster import DagsterEventType
+
+    infos = []
+    for entry in instance.all_logs(
+        run_id, of_type={DagsterEventType.STEP_FAILURE, DagsterEventType.RUN_FAILURE}
+    ):
+        error = (
+            getattr(entry.dagster_event.event_specific_data, "error", None) if entry.dagster_event else None
+        )
+        if error is not None:
+            infos.append(error)
+    seen: list[Any] = []
+    while infos:
+        info = infos.pop(0)
+        if info is None or any(info is s for s in seen):
+            continue
+        seen.append(info)
+        infos.extend((info.cause, info.context))
+    interrupted = any(
+        info.cls_name in {"KeyboardInterrupt", "DagsterExecutionInterruptedError"} for info in seen
+    )
+    messages = [str(info.message).strip() for info in seen if str(info.message).strip()]
+    for message in messages:
+        if message.startswith("omniload_assets."):
+            return message.split(": ", 1)[-1].splitlines()[0], interrupted
+    for message in messages:
+        if not message.startswith("dagster"):
+            return message.splitlines()[0], interrupted
+    return (messages[0].splitlines()[0] if messages else f"run {run_id} failed"), interrupted
+
+
+def failure_reason(exc: BaseException, secret: str | None = None) -> str:
+    """The one line that says why a run failed: our own error's message if one is in the chain."""
+    chain = causes(exc)
+    if isinstance(exc, IngestFailed):
+        return redact(str(exc), secret)
+    ours = [e for e in chain if type(e).__module__.startswith("omniload_assets")]
+    picked = ours[0] if ours else chain[-1]
+    text = str(picked).strip()
+    first = text.splitlines()[0] if text else ""
+    line = first if ours and first else f"{type(picked).__name__}: {first}".rstrip(": ")
+    return redact(line, secret)
+
+
+def choose_display(mode: str, stream: IO[str]) -> LogDisplay | BarDisplay | NullDisplay:
+    """``auto``: a bar when ``stream`` is a terminal, plain lines otherwise."""
+    if mode == "auto":
+        is_tty = getattr(stream, "isatty", lambda: False)()
+        mode = "bar" if is_tty and os.environ.get("TERM") != "dumb" else "log"
+    if mode == "bar":
+        return BarDisplay(stream, prefix=PROG)
+    if mode == "log":
+        return LogDisplay(stream, prefix=PROG)
+    return NullDisplay()
+
+
+def ingest(args: argparse.Namespace) -> int:
+    """``omniload ingest``: plan, run, report; the exit status."""
+    try:
+        plan = plan_ingest(args)
+    except UsageError as exc:
+        print(f"{PROG} ingest: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    if not args.verbose:
+        warnings.simplefilter("ignore")  # Dagster's beta/preview notices are not the user's concern
+    display = choose_display(args.progress, sys.stderr)
+    handler = _DisplayHandler(display)
+    package_logger = logging.getLogger("omniload_assets")
+    package_logger.addHandler(handler)
+    package_logger.setLevel(logging.INFO)
+    try:
+        with display:
+            display.message(plan.describe())
+            summary = run_ingest(plan, display, args.verbose)
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Exception as exc:
+        if was_interrupted(exc) or getattr(exc, "interrupted", False):  # Dagster wraps Ctrl-C
+            print(f"{PROG}: interrupted", file=sys.stderr)
+            return EXIT_INTERRUPTED
+        if args.verbose:
+            import traceback
+
+            traceback.print_exc(file=sys.stderr)
+        reason = failure_reason(exc, plan.api_key)
+        print(f"{PROG}: error: ingest of {plan.spec.name} failed: {reason}", file=sys.stderr)
+        return EXIT_FAILED
+    finally:
+        package_logger.removeHandler(handler)
+    print(f"{PROG}: {summary}")
+    return EXIT_OK
+
+
+# -- the parser ----------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """``omniload`` and its ``ingest`` command, every flag documented."""
+    parser = OneLineParser(
+        prog=PROG,
+        description="Load Klaviyo tables into DuckDB by materializing this project's Dagster assets.",
+    )
+    try:
+        version = metadata.version("omniload_assets")
+    except metadata.PackageNotFoundError:
+        version = "unknown"
+    parser.add_argument("--version", action="version", version=f"%(prog)s {version}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=OneLineParser)
+    cmd = commands.add_parser(
+        "ingest",
+        help="load one Klaviyo table into a DuckDB table",
+        description="Load one Klaviyo table into a DuckDB table: materializes the table's Dagster asset "
+        "in this process over the daily partitions of [--interval-start, --interval-end).",
+        epilog=EXAMPLE.format(tables=TABLE_NAMES),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    cmd.add_argument(
+        "--source-table",
+        required=True,
+        metavar="TABLE",
+        help="the Klaviyo table: one of the 15 listed below (catalog_items works as well as catalog-items)",
+    )
+    cmd.add_argument(
+        "--source-uri",
+        metavar="URI",
+        help="klaviyo://?api_key=pk_... (default: $KLAVIYO_API_KEY, a key or such a URI; prefer the "
+        "variable, as command lines are visible to other users); the API base URL is $KLAVIYO_BASE_URL",
+    )
+    cmd.add_argument(
+        "--dest-uri",
+        metavar="URI",
+        help="duckdb:///relative.duckdb, duckdb:////absolute.duckdb, a plain path, or md:database for "
+        "MotherDuck (default: $OMNILOAD_DUCKDB_PATH, else klaviyo.duckdb)",
+    )
+    cmd.add_argument(
+        "--dest-table",
+        metavar="[SCHEMA.]TABLE",
+        help="the DuckDB table to merge into or replace; a bare TABLE goes in the default schema "
+        "(default: $OMNILOAD_DUCKDB_SCHEMA or klaviyo, then the table's name with - as _, "
+        "e.g. klaviyo.catalog_items)",
+    )
+    cmd.add_argument(
+        "--interval-start",
+        type=parse_when,
+        metavar="WHEN",
+        help="first UTC date (YYYY-MM-DD) or datetime to load, inclusive, rounded down to its day "
+        "(default: $OMNILOAD_START_DATE, else 2022-01-01)",
+    )
+    cmd.add_argument(
+        "--interval-end",
+        type=parse_when,
+        metavar="WHEN",
+        help="UTC date or datetime to load up to, exclusive, rounded up to a whole day (default: now)",
+    )
+    cmd.add_argument(
+        "--extract-parallelism",
+        type=parse_parallelism,
+        metavar="N",
+        help=f"concurrent Klaviyo requests inside the run, {MIN_PARALLELISM}-{MAX_PARALLELISM} (default: "
+        "the resource's extract_parallelism, 8); Klaviyo's rate limits still apply",
+    )
+    cmd.add_argument(
+        "--progress",
+        choices=("auto", "bar", "log", "off"),
+        default="auto",
+        help="progress on stderr: a bar (pages, records, records/s, 429 waits), plain log lines, or none "
+        "(default: auto, a bar on a terminal and log lines otherwise)",
+    )
+    cmd.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="also show Dagster's run logs, warnings, and the full traceback of a failure",
+    )
+    cmd.set_defaults(handler=ingest)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """The ``omniload`` console script."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "handler", None) is None:
+        parser.print_help(sys.stderr)
+        return EXIT_USAGE
+    return int(args.handler(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
