@@ -80,9 +80,7 @@ def lock_timeout_s() -> float:
     except ValueError:
         value = math.nan
     if not math.isfinite(value) or value < 0:
-        raise SettingsError(
-            f"OMNILOAD_DUCKDB_LOCK_TIMEOUT={raw!r} is not a number of seconds; use e.g. 300"
-        )
+        raise SettingsError(f"OMNILOAD_DUCKDB_LOCK_TIMEOUT={raw!r} is not a number of seconds; use e.g. 300")
     return value
 
 

@@ -10,9 +10,10 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, fields
-from datetime import UTC, datetime
-from typing import Any
-from urllib.parse import urlsplit
+from datetime import UTC, datetime, timedelta
+from email.utils import parsedate_to_datetime
+from typing import Any, TypeVar
+from urllib.parse import parse_qsl, urlencode, urljoin, urlsplit
 
 import httpx
 import orjson
@@ -33,10 +34,15 @@ from omniload_assets.klaviyo.ratelimit import limiter_for
 from omniload_assets.klaviyo.windows import TimeWindow
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 DEFAULT_BASE_URL = "https://a.klaviyo.com"
 DEFAULT_REVISION = "2026-10-15"
-RETRYABLE_STATUS = frozenset({500, 502, 503, 504, 520, 522, 524})
+RETRYABLE_STATUS = frozenset({408, 500, 502, 503, 504, 520, 522, 524})
+#: Longest pause between two retries of a failed request, whatever the attempt.
+MAX_BACKOFF_S = 30.0
+#: 429s in a row on one request before the run gives up (another client is using the quota).
+MAX_THROTTLES = 50
 LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "::1", "[::1]"})
 
 
@@ -73,7 +79,22 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
+def _origin(url: str) -> tuple[str, str, int | None]:
+    """``(scheme, host, port)`` of a URL, the default port made explicit."""
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    port = parts.port or {"https": 443, "http": 80}.get(scheme)
+    return scheme, (parts.hostname or "").lower(), port
+
+
+def _page_identity(url: str) -> tuple[str, tuple[tuple[str, str], ...]]:
+    """A page's path and sorted query, so the same page spelled two ways compares equal."""
+    parts = urlsplit(url)
+    return parts.path.rstrip("/"), tuple(sorted(parse_qsl(parts.query, keep_blank_values=True)))
+
+
 def _validate_base_url(base_url: str) -> str:
+    """The base URL without a trailing slash; https, or http on a loopback address only."""
     parts = urlsplit(base_url)
     if parts.scheme == "https":
         return base_url.rstrip("/")
@@ -97,10 +118,14 @@ class KlaviyoClient:
         timeout_s: float = 60.0,
         max_retries: int = 5,
         max_retry_after_s: float = 120.0,
+        retry_backoff_s: float = 0.5,
         max_connections: int = 32,
         pace: bool = True,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
+        """``retry_backoff_s`` is the first pause after a failed request; it doubles per retry
+        (jittered, at most ``MAX_BACKOFF_S``). A 429 whose ``Retry-After`` exceeds
+        ``max_retry_after_s`` fails at once with :class:`KlaviyoQuotaExhausted` (a daily quota)."""
         if not api_key or not api_key.strip():
             raise KlaviyoConfigError("no Klaviyo API key: set KLAVIYO_API_KEY to a private API key (pk_...)")
         self._api_key = api_key.strip()
@@ -108,6 +133,8 @@ class KlaviyoClient:
         self.revision = revision
         self.max_retries = max_retries
         self.max_retry_after_s = max_retry_after_s
+        self.retry_backoff_s = retry_backoff_s
+        self.timeout_s = timeout_s
         self.pace = pace
         self._sleep = sleep
         # The account's identity for shared rate limiting, without keeping the key in the name.
@@ -150,6 +177,7 @@ class KlaviyoClient:
         limiter = limiter_for(self._account, spec.path, spec.rate_limit)
         attempt = 0
         throttles = 0
+        timed_out = False
         while True:
             if self.pace:
                 stats.add(pacing_wait_s=limiter.acquire())
@@ -159,10 +187,14 @@ class KlaviyoClient:
                 status = response.status_code
                 if status == 200:
                     body = orjson.loads(response.content)
-                    if isinstance(body, dict):
+                    if isinstance(body, dict) and isinstance(body.get("data"), list):
                         return body
-                    problem = f"response body is a JSON {type(body).__name__}, not a JSON:API document"
+                    problem = "response body is not a JSON:API document with a data list"
                     status = None
+            except httpx.TimeoutException as exc:
+                problem = f"{type(exc).__name__}: no response within timeout_s={self.timeout_s:g}"
+                timed_out = True
+                status = None
             except (httpx.TransportError, orjson.JSONDecodeError) as exc:
                 problem = f"{type(exc).__name__}: {redact(str(exc), self._api_key)}"
                 status = None
@@ -171,19 +203,23 @@ class KlaviyoClient:
                 wait = self._retry_after(response)
                 stats.add(throttled=1)
                 if wait > self.max_retry_after_s:
+                    until = (datetime.now(UTC) + timedelta(seconds=wait)).strftime("%Y-%m-%d %H:%M UTC")
                     raise KlaviyoQuotaExhausted(
-                        f"Klaviyo throttled {spec.path} with Retry-After {wait:.0f} s, longer than "
-                        f"max_retry_after_s={self.max_retry_after_s:.0f}: the account's API quota is "
-                        "exhausted; re-run later or raise max_retry_after_s",
+                        f"Klaviyo throttled {spec.path} with Retry-After {wait:.0f} s (until about "
+                        f"{until}), longer than max_retry_after_s={self.max_retry_after_s:.0f}: the "
+                        "account's API quota is exhausted; re-run after that time, or raise "
+                        "max_retry_after_s to wait instead",
                         status=429,
                         path=spec.path,
+                        retry_after_s=wait,
                     )
-                if throttles > 50:
+                if throttles > MAX_THROTTLES:
                     raise KlaviyoQuotaExhausted(
-                        f"Klaviyo throttled {spec.path} more than 50 times in a row; another client "
-                        "may be using the account's quota",
+                        f"Klaviyo throttled {spec.path} more than {MAX_THROTTLES} times in a row; "
+                        "another client may be using the account's quota: re-run later",
                         status=429,
                         path=spec.path,
+                        retry_after_s=wait,
                     )
                 wait += random.uniform(0, 0.25)
                 stats.add(throttle_wait_s=wait)
@@ -195,12 +231,13 @@ class KlaviyoClient:
                 problem = f"HTTP {status}"
             attempt += 1
             if attempt > self.max_retries:
+                advice = "raise timeout_s or max_retries" if timed_out else "raise max_retries"
                 raise KlaviyoUnavailableError(
                     f"Klaviyo {spec.path} failed {attempt} times (last: {problem}); Klaviyo may be "
-                    "down: re-run later or raise max_retries"
+                    f"down or slow: re-run later or {advice}"
                 )
             stats.add(retries=1)
-            delay = min(30.0, 0.5 * 2 ** (attempt - 1)) * random.uniform(0.5, 1.0)
+            delay = min(MAX_BACKOFF_S, self.retry_backoff_s * 2 ** (attempt - 1)) * random.uniform(0.5, 1.0)
             log.warning(
                 "Klaviyo %s: %s; retry %d/%d in %.1fs",
                 spec.path,
@@ -213,10 +250,19 @@ class KlaviyoClient:
 
     @staticmethod
     def _retry_after(response: httpx.Response) -> float:
+        """Seconds to wait from ``Retry-After`` (seconds or an HTTP date); 1 when absent or bad."""
+        raw = response.headers.get("Retry-After", "1").strip()
         try:
-            return max(0.0, float(response.headers.get("Retry-After", "1")))
+            return max(0.0, float(raw))
         except ValueError:
+            pass
+        try:
+            when = parsedate_to_datetime(raw)
+        except (TypeError, ValueError, IndexError):
             return 1.0
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=UTC)
+        return max(0.0, (when - datetime.now(UTC)).total_seconds())
 
     def _api_error(self, spec: TableSpec, response: httpx.Response) -> KlaviyoAPIError:
         status = response.status_code
@@ -249,24 +295,43 @@ class KlaviyoClient:
     def iter_pages(
         self, spec: TableSpec, params: dict[str, str], stats: ClientStats | None = None
     ) -> Iterator[dict[str, Any]]:
-        """Every page of a listing, following ``links.next`` until it is null."""
+        """Every page of a listing, following ``links.next`` until it is null.
+
+        ``links.next`` is followed only on the base URL's scheme, host and port (the API key goes
+        with every request), and never to a page already fetched (a cursor loop).
+        """
         stats = stats or ClientStats()
         url: str = spec.path
         page_params: dict[str, str] | None = params
-        seen: set[str] = set()
+        first = f"{self.base_url}{spec.path}?{urlencode(params)}"
+        seen: set[tuple[str, tuple[tuple[str, str], ...]]] = {_page_identity(first)}
         while True:
             page = self.get_json(spec, url, page_params, stats)
             stats.add(pages=1)
             yield page
             next_url = (page.get("links") or {}).get("next")
+            del page  # a parsed page is megabytes: not held while the next request waits
             if not next_url:
                 return
-            if next_url in seen:
+            if not isinstance(next_url, str):
+                raise KlaviyoPaginationError(
+                    f"Klaviyo {spec.path} returned a links.next that is not a URL; re-run, and "
+                    "report it if it repeats"
+                )
+            next_url = urljoin(self.base_url + "/", next_url)
+            if _origin(next_url) != _origin(self.base_url):
+                scheme, host, port = _origin(next_url)
+                raise KlaviyoPaginationError(
+                    f"Klaviyo {spec.path} returned a links.next on another host ({scheme}://{host}:{port}); "
+                    f"refusing to send the API key outside {self.base_url}: check KLAVIYO_BASE_URL"
+                )
+            identity = _page_identity(next_url)
+            if identity in seen:
                 raise KlaviyoPaginationError(
                     f"Klaviyo {spec.path} returned the same next page twice; stopping to avoid a "
                     "loop (re-run; report it if it repeats)"
                 )
-            seen.add(next_url)
+            seen.add(identity)
             url, page_params = next_url, None
 
     def base_params(self, spec: TableSpec, page_size: int | None = None) -> dict[str, str]:
@@ -302,3 +367,27 @@ class KlaviyoClient:
             now=now or datetime.now(UTC),
         )
         yield from extraction
+
+    def iter_batches(
+        self,
+        spec: TableSpec,
+        window: TimeWindow | None,
+        transform: Callable[[list[dict[str, Any]]], T],
+        *,
+        page_size: int | None = None,
+        parallelism: int = 1,
+        stats: ClientStats | None = None,
+        now: datetime | None = None,
+    ) -> Iterator[T]:
+        """Like :meth:`iter_records`, with each page turned into ``transform(records)`` by the worker
+        that fetched it (e.g. ``RowBuilder.table``), so parsed JSON never piles up in memory."""
+        yield from Extraction(
+            self,
+            spec,
+            window,
+            page_size=page_size,
+            parallelism=parallelism,
+            stats=stats or ClientStats(),
+            now=now or datetime.now(UTC),
+            transform=transform,
+        )

@@ -29,7 +29,14 @@ class KlaviyoPermissionError(KlaviyoAPIError):
 
 
 class KlaviyoQuotaExhausted(KlaviyoAPIError):
-    """429 with a ``Retry-After`` longer than the client is allowed to wait."""
+    """429 with a ``Retry-After`` longer than the client may wait (``max_retry_after_s``).
+
+    ``retry_after_s`` is how long Klaviyo asked to wait: a scheduler can defer the run by it.
+    """
+
+    def __init__(self, message: str, *, status: int, path: str, retry_after_s: float = 0.0) -> None:
+        super().__init__(message, status=status, path=path)
+        self.retry_after_s = retry_after_s
 
 
 class KlaviyoUnavailableError(KlaviyoError):
@@ -37,7 +44,7 @@ class KlaviyoUnavailableError(KlaviyoError):
 
 
 class KlaviyoPaginationError(KlaviyoError):
-    """``links.next`` went somewhere it had already been (a cursor loop)."""
+    """``links.next`` went somewhere it had already been (a cursor loop), or off the API's host."""
 
 
 def redact(text: str, secret: str | None) -> str:

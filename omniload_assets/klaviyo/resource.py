@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import dagster as dg
@@ -46,8 +47,24 @@ class KlaviyoResource(dg.ConfigurableResource):
     max_retry_after_s: float = Field(
         default=120.0,
         ge=0,
-        description="Longest Retry-After a 429 may make a run wait; longer fails the run at once.",
+        description="Longest Retry-After a 429 may make a run wait; longer (a daily quota) fails the "
+        "run at once with a message saying when to re-run. Raise it (e.g. 86400) to wait instead.",
     )
+    retry_backoff_s: float = Field(
+        default=0.5,
+        ge=0,
+        description="First pause before retrying a failed request; doubles per retry, at most 30 s.",
+    )
+
+    def model_copy(self, *, update: Mapping[str, Any] | None = None, deep: bool = False) -> KlaviyoResource:
+        """A copy with ``update`` applied, validated, and seen by Dagster.
+
+        pydantic's own ``model_copy`` skips ``__init__``, so Dagster would keep configuring the run
+        from the original values; rebuilding keeps an ``EnvVar`` key an ``EnvVar``.
+        """
+        values = {name: getattr(self, name) for name in type(self).model_fields}
+        values.update(update or {})
+        return type(self)(**values)
 
     @contextmanager
     def get_client(self) -> Iterator[KlaviyoClient]:
@@ -59,6 +76,7 @@ class KlaviyoResource(dg.ConfigurableResource):
             timeout_s=self.timeout_s,
             max_retries=self.max_retries,
             max_retry_after_s=self.max_retry_after_s,
+            retry_backoff_s=self.retry_backoff_s,
             max_connections=self.extract_parallelism + 4,
         )
         try:

@@ -147,6 +147,26 @@ def connect(
             delay = min(delay * 2, _MAX_DELAY_S)
 
 
+def check_writable(database: str | os.PathLike[str]) -> str:
+    """Fail now, with :class:`DuckDBPathError`, if a writable ``database`` could not be opened.
+
+    Creates the parent directory and checks its permissions (and that an existing file is not
+    read-only), without opening the file: no lock is taken. Returns the resolved target.
+    Call it before extracting, so a bad path fails a run before any API work or write.
+    """
+    target = resolve_database(database)
+    if is_local_file(target):
+        path = Path(target)
+        _check_path(path, read_only=False)
+        if path.exists() and not os.access(path, os.R_OK | os.W_OK):
+            raise DuckDBPathError(
+                f"DuckDB file {path} is not readable and writable; fix its permissions or "
+                f"point {DUCKDB_PATH_ENV} elsewhere",
+                path=str(path),
+            )
+    return target
+
+
 @contextmanager
 def open_database(
     database: str | os.PathLike[str],
