@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: install demo test lint format bench dev clean
+.PHONY: install demo test lint format bench soak dev clean
 
 install: $(VENV)/.installed
 
@@ -28,6 +28,19 @@ lint: install
 format: install
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
+
+INGESTR_VENV := .bench/ingestr-venv
+
+$(INGESTR_VENV)/bin/ingestr:  # a throw-away venv: ingestr is no dependency of the product
+	$(PYTHON) -m venv $(INGESTR_VENV)
+	$(INGESTR_VENV)/bin/pip install --quiet --upgrade pip
+	$(INGESTR_VENV)/bin/pip install --quiet 'ingestr>=0.14,<0.15'
+
+bench: install $(INGESTR_VENV)/bin/ingestr  ## throughput vs rate limits, memory, merge speed, and ingestr 0.14 (~6 min)
+	DISABLE_TELEMETRY=1 $(BIN)/python -m omniload_assets_tests.bench --ingestr-python $(INGESTR_VENV)/bin/python
+
+soak: install  ## a few minutes of syncs under faults and changing data; DuckDB must match every round
+	$(BIN)/python -m omniload_assets_tests.soak --minutes $(or $(SOAK_MINUTES),3)
 
 dev: install  ## the Dagster UI on http://127.0.0.1:3000 (set KLAVIYO_API_KEY first)
 	$(BIN)/dagster dev -w workspace.yaml

@@ -14,7 +14,7 @@ from __future__ import annotations
 import queue
 import threading
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -30,6 +30,25 @@ Record = dict[str, Any]
 
 #: A remainder shorter than this is paged through rather than handed over.
 MIN_SPLIT_SPAN = timedelta(seconds=2)
+
+#: Finished pages that may wait for the consumer (each worker may hold one more while it waits).
+OUT_QUEUE_PAGES = 4
+#: Pages waiting for the CPU at once that shrink the requests allowed in flight (see ``_settle``).
+MAX_PROCESSING = 2
+#: Requests allowed in flight at the start, and at least.
+START_IN_FLIGHT, MIN_IN_FLIGHT = 8, 2
+
+#: Concurrent requests that keep an endpoint of each rate-limit tier at its limits when a largest
+#: page takes its longest (XL: 3,500/min is 58 requests/s, and 1,000 events can take 0.6 s, so 35
+#: in flight; L: 75/s bursts at ~0.1 s a page of 100; M and S: their 10/s and 3/s bursts). More
+#: would only queue at the pacer. A run's ``extract_parallelism`` caps these.
+TIER_WORKERS: dict[str, int] = {"XL": 40, "L": 8, "M": 4, "S": 3}
+
+
+def workers_for(spec: TableSpec, parallelism: int | None) -> int:
+    """Workers for one table: its tier's need, capped by the run's ``parallelism`` (if given)."""
+    need = TIER_WORKERS.get(spec.rate_limit.tier, 4)
+    return max(1, need if parallelism is None else min(need, parallelism))
 
 
 @dataclass(frozen=True)
@@ -61,19 +80,24 @@ class Extraction:
         parallelism: int,
         stats: ClientStats,
         now: datetime,
+        transform: Callable[[list[Record]], Any] | None = None,
     ) -> None:
         self.client = client
         self.spec = spec
         self.page_size = page_size
-        self.parallelism = max(1, parallelism)
+        self.parallelism = workers_for(spec, parallelism)
         self.stats = stats
         self.now = now
+        self.transform = transform
         self.sorted = window is not None and spec.server_side_window
         variants = spec.filter_variants or (None,)
         self.tasks = [Task(window, v) for v in variants]
         self._lock = threading.Condition()
         self._idle = 0
         self._pending: deque[Task] = deque()
+        self._processing = 0  # pages received and not yet handed on
+        self._in_flight = 0  # requests started and not yet returned
+        self._window = min(self.parallelism, START_IN_FLIGHT)  # requests allowed in flight
 
     # -- one task --------------------------------------------------------------------------------
 
@@ -91,33 +115,47 @@ class Extraction:
 
     def run_task(self, task: Task) -> Iterator[Step]:
         """Page through one task; the last step may hand the rest of its window to other workers."""
-        window = task.window
+        # Keys up to ``floor`` were handed on by earlier pages of this task: the rest of the window may
+        # be handed over only from a key above it, or records tied on the key across two pages
+        # (many profiles share one ``updated``) would be fetched twice.
+        floor = task.window.start if task.window is not None else None
         for page in self.client.iter_pages(self.spec, self.params(task), self.stats):
-            data: list[Record] = page.get("data") or []
-            if window is None:
-                yield Step(data, [])
-                continue
-            keyed = [(incremental_value(self.spec, r), r) for r in data]
-            kept = [r for key, r in keyed if self._in_window(key, window)]
-            if not self.sorted:
-                yield Step(kept, [])
-                continue
-            keys = [key for key, _ in keyed if key is not None]
-            last = max(keys) if keys else None
-            if last is not None and last >= window.end:
-                yield Step(kept, [])  # sorted: nothing further can fall inside the window
+            step, last, floor = self._step(task, page, floor)
+            # Nothing of this page may stay referenced from this frame while the next request waits.
+            del page
+            yield step
+            del step
+            if last:
                 return
-            has_next = bool((page.get("links") or {}).get("next"))
-            wanted = self._wanted()
-            if has_next and wanted and last is not None and last > window.start:
-                rest = TimeWindow(last, window.end)
-                if rest.duration >= MIN_SPLIT_SPAN:
-                    before = [r for key, r in keyed if key is not None and key < last and key in window]
-                    undated = [r for key, r in keyed if key is None and self._in_window(key, window)]
-                    pieces = [Task(w, task.variant) for w in rest.split(wanted + 1)]
-                    yield Step(before + undated, pieces)
-                    return
-            yield Step(kept, [])
+
+    def _step(
+        self, task: Task, page: dict[str, Any], floor: datetime | None
+    ) -> tuple[Step, bool, datetime | None]:
+        """What one page gives, whether it ends the task, and the highest key handed on so far."""
+        window = task.window
+        data: list[Record] = page.get("data") or []
+        if window is None:
+            return Step(data, []), False, floor
+        keyed = [(incremental_value(self.spec, r), r) for r in data]
+        kept = [r for key, r in keyed if self._in_window(key, window)]
+        if not self.sorted:
+            return Step(kept, []), False, floor
+        keys = [key for key, _ in keyed if key is not None]
+        last = max(keys) if keys else None
+        if last is not None and last >= window.end:
+            return Step(kept, []), True, floor  # sorted: nothing further can fall inside the window
+        has_next = bool((page.get("links") or {}).get("next"))
+        wanted = self._wanted()
+        if has_next and wanted and last is not None and (floor is None or last > floor):
+            rest = TimeWindow(last, window.end)
+            if rest.duration >= MIN_SPLIT_SPAN:
+                before = [r for key, r in keyed if key is not None and key < last and key in window]
+                undated = [r for key, r in keyed if key is None and self._in_window(key, window)]
+                pieces = [Task(w, task.variant) for w in rest.split(wanted + 1)]
+                return Step(before + undated, pieces), True, floor
+        if last is not None and (floor is None or last > floor):
+            floor = last
+        return Step(kept, []), False, floor
 
     def _in_window(self, key: datetime | None, window: TimeWindow) -> bool:
         # Records without an incremental key belong to the window holding "now".
@@ -130,25 +168,61 @@ class Extraction:
 
     # -- all tasks -------------------------------------------------------------------------------
 
-    def __iter__(self) -> Iterator[list[Record]]:
+    def __iter__(self) -> Iterator[Any]:
         if self.parallelism == 1 or not self.sorted:
             yield from self._serial()
         else:
             yield from self._concurrent()
 
-    def _serial(self) -> Iterator[list[Record]]:
+    def _serial(self) -> Iterator[Any]:
         pending = deque(self.tasks)
         while pending:
             for step in self.run_task(pending.popleft()):
                 pending.extend(step.handed_over)
                 self._count(step.records)
-                yield step.records
+                yield self._batch(step.records)
+
+    # Requests in flight follow the CPU: a parsed page is about ten times the size of its Arrow
+    # rows, and when responses arrive faster than this process turns them into rows, requests
+    # started anyway only add parsed pages waiting for the CPU (memory grows with the workers, not
+    # the throughput). So requests in flight plus pages in the works stay under an allowance that
+    # starts at START_IN_FLIGHT, grows by one whenever a page is handed on with no other page in
+    # the works, and shrinks by one when pages queue for the CPU.
+
+    def _acquire_request(self, cancelled: threading.Event) -> None:
+        with self._lock:
+            while self._in_flight + self._processing >= self._window and not cancelled.is_set():
+                self._lock.wait()
+            self._in_flight += 1
+
+    def _release_request(self, *, received: bool) -> None:
+        with self._lock:
+            self._in_flight -= 1
+            if received:
+                self._processing += 1
+            self._lock.notify_all()
+
+    def _settle(self, cancelled: threading.Event) -> None:
+        """A page was handed on: adjust the requests allowed in flight (see above)."""
+        with self._lock:
+            self._processing -= 1
+            if self._processing >= MAX_PROCESSING:
+                self._window = max(MIN_IN_FLIGHT, self._window - 1)
+            elif self._processing == 0:
+                self._window = min(self.parallelism, self._window + 1)
+            self._lock.notify_all()
+
+    def _batch(self, records: list[Record]) -> Any:
+        """What is handed on for one page: the records, or ``transform(records)`` made in the
+        worker (an Arrow table is a fraction of the size of the parsed JSON it replaces)."""
+        return records if self.transform is None else self.transform(records)
 
     def _count(self, records: list[Record]) -> None:
         self.stats.add(records=len(records))
 
-    def _concurrent(self) -> Iterator[list[Record]]:
-        out: queue.Queue[list[Record] | BaseException | None] = queue.Queue(maxsize=self.parallelism * 4)
+    def _concurrent(self) -> Iterator[Any]:
+        # Few finished pages wait for the consumer: memory is bounded by the workers, not the window.
+        out: queue.Queue[Any] = queue.Queue(maxsize=OUT_QUEUE_PAGES)
         pending = self._pending
         pending.extend(self.tasks)
         busy = 0
@@ -172,7 +246,16 @@ class Extraction:
             try:
                 while (task := next_task()) is not None:
                     try:
-                        for step in self.run_task(task):
+                        steps = self.run_task(task)
+                        while True:
+                            self._acquire_request(cancelled)
+                            step = None  # bound even when next() raises (the error must surface)
+                            try:
+                                step = next(steps, None)
+                            finally:
+                                self._release_request(received=step is not None)
+                            if step is None:
+                                break
                             if cancelled.is_set():
                                 return
                             if step.handed_over:
@@ -180,7 +263,11 @@ class Extraction:
                                     pending.extend(step.handed_over)
                                     self._lock.notify_all()
                             self._count(step.records)
-                            out.put(step.records)
+                            batch = self._batch(step.records)
+                            del step
+                            out.put(batch)
+                            del batch
+                            self._settle(cancelled)
                     finally:
                         with self._lock:
                             busy -= 1

@@ -9,6 +9,7 @@ from typing import Any
 
 import orjson
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from omniload_assets.klaviyo.catalog import TableSpec
 from omniload_assets.klaviyo.windows import parse_datetime
@@ -22,6 +23,22 @@ ARROW_TYPES: dict[str, pa.DataType] = {
     "DOUBLE": pa.float64(),
     "BOOLEAN": pa.bool_(),
 }
+
+
+def _rows_pool() -> pa.MemoryPool:
+    """The Arrow memory pool for rows built by many fetching threads.
+
+    Arrow's default (mimalloc) keeps freed memory in per-thread heaps: with dozens of workers, the
+    process's peak RSS grew with the run (measured: 760 MB after 200,000 events, 420 MB with
+    jemalloc, the system allocator close behind).
+    """
+    try:
+        return pa.jemalloc_memory_pool()
+    except NotImplementedError:  # a pyarrow built without jemalloc
+        return pa.system_memory_pool()
+
+
+ROWS_POOL = _rows_pool()
 
 #: DuckDB type of attributes the catalogue does not know: kept verbatim as JSON.
 EXTRA_COLUMN_TYPE = "JSON"
@@ -102,6 +119,8 @@ class RowBuilder:
         self.spec = spec
         self.types = spec.column_types()
         self._attr_columns = {name: column_name(name) for name in spec.columns}
+        # Columns no undocumented attribute may write: the key and the relationship ids.
+        self._reserved = {spec.primary_key} | {spec.relationship_column(r) for r in spec.relationships}
         self._converters = {col: CONVERTERS[t] for col, t in self.types.items()}
         self.extra_columns: dict[str, str] = {}
 
@@ -113,7 +132,9 @@ class RowBuilder:
             col = self._attr_columns.get(attr)
             if col is None:
                 col = column_name(attr)
-                if col in self.types:  # a documented name in another spelling
+                if col in self._reserved:  # e.g. an attribute "id": never overwrite the key
+                    col = f"{col}__attribute"
+                elif col in self.types:  # a documented name in another spelling
                     self._put(row, col, value)
                     continue
                 self.extra_columns.setdefault(col, EXTRA_COLUMN_TYPE)
@@ -164,8 +185,138 @@ class RowBuilder:
         for col, duck_type in types.items():
             arrow_type = ARROW_TYPES.get(duck_type, pa.string())
             fields.append(pa.field(col, arrow_type))
-            arrays[col] = pa.array([r.get(col) for r in rows], type=arrow_type)
+            arrays[col] = pa.array([r.get(col) for r in rows], type=arrow_type, memory_pool=ROWS_POOL)
         return pa.Table.from_pydict(arrays, schema=pa.schema(fields))
+
+    def table(self, resources: list[dict[str, Any]]) -> pa.Table:
+        """An Arrow table of ``resources``, built column by column: the same columns and values
+        as :meth:`row` + :meth:`to_arrow`, about ten times faster for a page of plain records.
+
+        Columns of one Python type convert in one Arrow call (ISO datetimes are parsed by Arrow);
+        any other column goes through the per-value converters, ``__raw`` columns included. A page
+        with something unusual (two attributes naming one column, undocumented relationships,
+        resources that are not objects) takes the per-row path whole. Safe to call from several
+        threads at once: the only shared state is ``extra_columns``, which only grows.
+        """
+        if not all(type(r) is dict for r in resources):
+            return self._per_row(resources)
+        attrs = [r.get("attributes") or _EMPTY for r in resources]
+        rels = [r.get("relationships") or _EMPTY for r in resources]
+        if not all(type(a) is dict for a in attrs) or not all(type(r) is dict for r in rels):
+            return self._per_row(resources)
+        plan = self._plan(attrs, rels)
+        if plan is None:
+            return self._per_row(resources)
+        n = len(resources)
+        arrays: dict[str, pa.Array] = {}
+        pk = self.spec.primary_key
+        arrays[pk] = self._typed(pk, [r.get("id") for r in resources], arrays)
+        for attr, col in plan.items():
+            values = [a.get(attr) for a in attrs]
+            if col in self.types:
+                arrays[col] = self._typed(col, values, arrays)
+            else:
+                self.extra_columns.setdefault(col, EXTRA_COLUMN_TYPE)
+                arrays[col] = _json_array(values)
+        for rel in self.spec.relationships:
+            col = self.spec.relationship_column(rel)
+            arrays[col] = self._typed(col, [_related_ids(r.get(rel)) for r in rels], arrays)
+        fields, columns = [], []
+        for col, duck_type in self.column_types().items():
+            arrow_type = ARROW_TYPES.get(duck_type, pa.string())
+            fields.append(pa.field(col, arrow_type))
+            columns.append(arrays[col] if col in arrays else pa.nulls(n, arrow_type, memory_pool=ROWS_POOL))
+        return pa.Table.from_arrays(columns, schema=pa.schema(fields))
+
+    def _per_row(self, resources: list[dict[str, Any]]) -> pa.Table:
+        return self.to_arrow([self.row(r) for r in resources])
+
+    def _plan(self, attrs: list[dict[str, Any]], rels: list[dict[str, Any]]) -> dict[str, str] | None:
+        """Attribute -> column for this page, or None when the page needs the per-row path."""
+        known_rels = self.spec.relationships
+        for keys in {tuple(r) for r in rels}:
+            if any(rel not in known_rels for rel in keys):
+                return None
+        plan: dict[str, str] = {}
+        for keys in dict.fromkeys(tuple(a) for a in attrs):
+            for attr in keys:
+                if attr in plan:
+                    continue
+                col = self._attr_columns.get(attr)
+                if col is None:
+                    col = column_name(attr)
+                    if col in self._reserved:
+                        col = f"{col}__attribute"
+                plan[attr] = col
+        if len(set(plan.values())) != len(plan) or any(c.endswith("__raw") for c in plan.values()):
+            return None
+        return plan
+
+    def _typed(self, col: str, values: list[Any], arrays: dict[str, pa.Array]) -> pa.Array:
+        """``values`` converted to ``col``'s documented type; a ``<col>__raw`` array if some failed."""
+        duck_type = self.types[col]
+        arrow_type = ARROW_TYPES[duck_type]
+        kinds = {type(v) for v in values}
+        kinds.discard(type(None))
+        if duck_type == "JSON":
+            return _json_array(values)
+        if kinds <= _NATIVE.get(duck_type, frozenset()):
+            try:
+                if duck_type == "TIMESTAMPTZ":
+                    strings = pa.array(values, pa.string(), memory_pool=ROWS_POOL)
+                    return pc.cast(strings, arrow_type, memory_pool=ROWS_POOL)
+                return pa.array(values, arrow_type, memory_pool=ROWS_POOL)
+            except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError):
+                pass  # e.g. a datetime without offset, an int beyond BIGINT: per value below
+        convert = self._converters[col]
+        out: list[Any] = []
+        raw: list[str | None] | None = None
+        for i, value in enumerate(values):
+            if value is None:
+                out.append(None)
+                continue
+            try:
+                out.append(convert(value))
+            except (TypeError, ValueError, OverflowError, OSError):
+                out.append(None)
+                if raw is None:
+                    raw = [None] * len(values)
+                raw[i] = _json(value)
+        if raw is not None:
+            self.extra_columns.setdefault(f"{col}__raw", "JSON")
+            arrays[f"{col}__raw"] = pa.array(raw, pa.string(), memory_pool=ROWS_POOL)
+        return pa.array(out, arrow_type, memory_pool=ROWS_POOL)
+
+
+_EMPTY: dict[str, Any] = {}
+
+#: Python types that Arrow converts to each DuckDB type exactly as the per-value converters do.
+_NATIVE: dict[str, frozenset[type]] = {
+    "VARCHAR": frozenset({str}),
+    "TIMESTAMPTZ": frozenset({str}),
+    "BIGINT": frozenset({int}),
+    "DOUBLE": frozenset({float, int}),
+    "BOOLEAN": frozenset({bool}),
+}
+
+
+def _json_array(values: list[Any]) -> pa.Array:
+    """JSON text of each value (NULL for None), built from orjson's bytes without decoding them."""
+    dumps = orjson.dumps
+    blobs = [None if v is None else dumps(v) for v in values]
+    return pa.array(blobs, pa.binary(), memory_pool=ROWS_POOL).view(pa.string())
+
+
+def _related_ids(body: Any) -> Any:
+    """The related id (one), list of ids (many; JSON-encoded by the column's type), or None."""
+    if type(body) is not dict:
+        return None
+    data = body.get("data")
+    if type(data) is dict:
+        return data.get("id")
+    if type(data) is list:  # JSON-encoded by the column's converter
+        return [d.get("id") for d in data if isinstance(d, Mapping)]
+    return None
 
 
 def incremental_value(spec: TableSpec, resource: Mapping[str, Any]) -> datetime | None:

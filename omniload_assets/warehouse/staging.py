@@ -8,10 +8,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from omniload_assets.klaviyo.catalog import TableSpec
-from omniload_assets.klaviyo.rows import RowBuilder
+from omniload_assets.klaviyo.rows import ROWS_POOL, RowBuilder
 from omniload_assets.klaviyo.windows import TimeWindow
 
 #: Rows per staged file: large enough for fast bulk loads, small enough to bound memory.
@@ -38,7 +39,11 @@ class StagedTable:
 
 
 class ParquetStager:
-    """Collects rows of one table and writes them out as Parquet files of ``ROWS_PER_FILE`` rows."""
+    """Collects rows of one table and writes them out as Parquet files of ``ROWS_PER_FILE`` rows.
+
+    Rows wait as Arrow tables (compact, columnar), never as Python dicts; pass :meth:`convert` as
+    the client's ``transform`` (``KlaviyoClient.iter_batches``) to have the fetching workers build them.
+    """
 
     def __init__(
         self, spec: TableSpec, base_dir: str | None = None, rows_per_file: int = ROWS_PER_FILE
@@ -51,24 +56,33 @@ class ParquetStager:
         self.rows_per_file = rows_per_file
         self.files: list[str] = []
         self.rows_written = 0
-        self._pending: list[dict[str, Any]] = []
+        self._pending: list[pa.Table] = []
+        self._pending_rows = 0
 
-    def add(self, resources: list[dict[str, Any]]) -> None:
-        """Turn resources into rows; write a file whenever enough are pending."""
-        row = self.builder.row
-        self._pending.extend(row(r) for r in resources)
-        if len(self._pending) >= self.rows_per_file:
+    def convert(self, resources: list[dict[str, Any]]) -> pa.Table:
+        """One page of resources as an Arrow table of rows (thread-safe)."""
+        return self.builder.table(resources)
+
+    def add(self, batch: list[dict[str, Any]] | pa.Table) -> None:
+        """Add a page (resources, or a table from :meth:`convert`); write a file when enough wait."""
+        table = batch if isinstance(batch, pa.Table) else self.convert(batch)
+        if table.num_rows:
+            self._pending.append(table)
+            self._pending_rows += table.num_rows
+        if self._pending_rows >= self.rows_per_file:
             self.flush()
 
     def flush(self) -> None:
         if not self._pending:
             return
-        table = self.builder.to_arrow(self._pending)
+        # Pages may differ in extra columns: missing ones become NULL (types never differ).
+        table = pa.concat_tables(self._pending, promote_options="default", memory_pool=ROWS_POOL)
         path = str(Path(self.directory) / f"part-{len(self.files):06d}.parquet")
         pq.write_table(table, path, compression="zstd")
         self.files.append(path)
-        self.rows_written += len(self._pending)
+        self.rows_written += table.num_rows
         self._pending = []
+        self._pending_rows = 0
 
     def finish(self, window: TimeWindow | None, stats: dict[str, float]) -> StagedTable:
         self.flush()

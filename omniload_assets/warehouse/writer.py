@@ -98,7 +98,7 @@ def merge_into(
     Raises ``ValueError`` (and writes nothing) if any staged row has a NULL primary key.
     """
     loader = _Loader(conn, schema, table, files, primary_key, incremental_key, column_types)
-    with _transaction(conn):
+    with _unordered_inserts(conn), _transaction(conn):
         return loader.merge(run_id)
 
 
@@ -124,7 +124,7 @@ def replace_table(
     Raises ``ValueError`` (and changes nothing) if any staged row has a NULL primary key.
     """
     loader = _Loader(conn, schema, table, files, primary_key, None, column_types)
-    with _transaction(conn):
+    with _unordered_inserts(conn), _transaction(conn):
         return loader.replace(run_id)
 
 
@@ -166,6 +166,22 @@ def _transaction(conn: duckdb.DuckDBPyConnection) -> Iterator[None]:
         except duckdb.Error as rollback_error:  # already rolled back by DuckDB
             logger.debug("ROLLBACK after a failed write: %s", rollback_error)
         raise
+
+
+@contextmanager
+def _unordered_inserts(conn: duckdb.DuckDBPyConnection) -> Iterator[None]:
+    """Let DuckDB insert in parallel without keeping the source's row order (about twice as fast).
+
+    A table's rows have no order; de-duplication orders by file and row number explicitly. The
+    connection's previous setting is restored afterwards.
+    """
+    row = conn.execute("SELECT current_setting('preserve_insertion_order')").fetchone()
+    previous = bool(row[0]) if row else True
+    conn.execute("SET preserve_insertion_order = false")
+    try:
+        yield
+    finally:
+        conn.execute(f"SET preserve_insertion_order = {'true' if previous else 'false'}")
 
 
 @dataclass
@@ -509,6 +525,9 @@ class _Loader:
         data = [c for c in columns if c.name not in METADATA_COLUMNS]
         pk_name = self._column(columns, self.primary_key).name
         pk = quote_ident(pk_name)
+        # UPDATE the replaced rows, then append the new keys. (Measured against DELETE + append of
+        # every staged row: on disk, writing compressed string columns dominates, so rewriting only
+        # the new rows wins when a batch holds both.)
         sets = [f"{quote_ident(c.name)} = s.{quote_ident(c.name)}" for c in data if c.name != pk_name]
         sets += [f"{quote_ident(LOADED_AT)} = now()", f"{quote_ident(RUN_ID)} = ?"]
         where = f"t.{pk} = s.{pk}"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import signal
 import threading
+from datetime import UTC, datetime
 from types import FrameType
 
 from .simulator import KlaviyoSimulator
@@ -28,7 +29,22 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--no-rate-limits", action="store_true", help="lift Klaviyo's rate limits")
     parser.add_argument("--api-key", default="pk_test_simulator")
+    parser.add_argument("--start", type=_instant, default=None, help="first instant of the data (ISO 8601)")
+    parser.add_argument("--end", type=_instant, default=None, help="end of the data (ISO 8601, exclusive)")
+    parser.add_argument(
+        "--warm",
+        nargs="?",
+        type=int,
+        const=1,
+        default=0,
+        help="build every record before serving (optionally in N processes); for benchmarks",
+    )
     return parser
+
+
+def _instant(text: str) -> datetime:
+    value = datetime.fromisoformat(text)
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
 def main() -> None:
@@ -46,7 +62,10 @@ def main() -> None:
         rate_limits=not args.no_rate_limits,
         latency=args.latency,
         port=args.port,
+        **{name: getattr(args, name) for name in ("start", "end") if getattr(args, name) is not None},
     )
+    if args.warm:
+        sim.warm(args.warm)
     done = threading.Event()
 
     def _stop(signum: int, frame: FrameType | None) -> None:

@@ -6,7 +6,7 @@ import random
 import threading
 import traceback
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, quote, urlsplit
@@ -19,7 +19,7 @@ from .dataset import Dataset, shape
 from .endpoints import ENDPOINTS, EQ, PREDICTIVE_TIER, Endpoint, Tier, endpoint_for_path
 from .faults import Fault, FaultInjector
 from .ratelimit import RateLimiter
-from .store import Cursor, Page, Record, fingerprint, paginate
+from .store import Cursor, Getter, Key, Page, Record, Scan, fingerprint, paginate
 
 if TYPE_CHECKING:
     from .simulator import KlaviyoSimulator
@@ -155,6 +155,39 @@ class Query:
     includes: list[str]
     fields: list[str] | None
     additional: list[str]
+    #: Events served from :meth:`EventStore.serialized` (no per-record filter, shape or include).
+    serialized: bool = False
+
+
+#: Greater than any record id: a sort key ``((3, us), MAX_ID)`` follows every record at ``us``.
+MAX_ID = chr(0x10FFFF)
+
+
+def narrowed(scan: Scan, lo: int | None, hi: int | None) -> Scan:
+    """``scan`` (keys ``(norm(value), id)`` of a datetime sort) cut to values in ``[lo, hi)`` µs.
+
+    Only valid when the request's filter requires the sort field in that range (see
+    :func:`filters.sort_bounds`): the records skipped are exactly ones the filter rejects, so
+    pages and cursors are unchanged; a range inside a large table then costs what it holds.
+    """
+    first: Key = ((3, lo - 1 if lo is not None else -(2**63)), MAX_ID)
+    last: Key = ((3, hi), "") if hi is not None else ((4,), "")
+
+    def scan_range(after: Key | None, ascending: bool) -> Iterator[tuple[Key, Getter]]:
+        if ascending:
+            start = first if after is None or after < first else after
+            for key, get in scan(start, True):
+                if key >= last:
+                    return
+                yield key, get
+        else:
+            start = last if after is None or after > last else after
+            for key, get in scan(start, False):
+                if key <= first:
+                    return
+                yield key, get
+
+    return scan_range
 
 
 class Api:
@@ -400,7 +433,9 @@ class Api:
         if ep.table == "events":
             lo, hi, rest = flt.event_bounds(q.exprs)
             predicate = flt.compile_filter(rest, ep)
-            scan = self.data.scanner(ep, "", True, (lo, hi))
+            q.serialized = predicate is None and not (q.includes or q.fields or q.additional)
+            q.serialized = q.serialized and not ep.additional_fields
+            scan = self.data.scanner(ep, "", True, (lo, hi), lazy=q.serialized)
         else:
             predicate = flt.compile_filter(q.exprs, ep)
             if q.sort_field is None:
@@ -412,12 +447,20 @@ class Api:
                     spec is not None and spec.kind == "datetime"
                 )
             scan = self.data.scanner(ep, sort_path, as_dt, (None, None))
+            if as_dt:
+                lo, hi = flt.sort_bounds(q.exprs, ep, sort_path)
+                if lo is not None or hi is not None:
+                    scan = narrowed(scan, lo, hi)
         return paginate(scan, predicate, not q.descending, q.size, q.cursor)
 
     def _document(self, q: Query, page: Page, target: str, fault: Fault | None) -> bytes:
-        base = self.sim.base_url
+        base = self.sim.link_base or self.sim.base_url
         ep = q.ep
-        data = [shape(record, ep, q.additional, q.fields) for _, record, _ in page.items]
+        if q.serialized:
+            serialized = self.data.events.serialized
+            data: list[Any] = [orjson.Fragment(serialized(key[1])) for key, _, _ in page.items]
+        else:
+            data = [shape(record, ep, q.additional, q.fields) for _, record, _ in page.items]
         query_print = fingerprint(q.filter_text, dict(q.pairs).get("sort"))
 
         def link(cursor: Cursor | None) -> str | None:

@@ -111,17 +111,28 @@ class Dataset:
             return store
 
     def scanner(
-        self, ep: Endpoint, sort_path: str, as_datetime: bool, bounds: tuple[int | None, int | None]
+        self,
+        ep: Endpoint,
+        sort_path: str,
+        as_datetime: bool,
+        bounds: tuple[int | None, int | None],
+        *,
+        lazy: bool = False,
     ) -> Scan:
-        """A key-ordered scan over a table (events: within ``bounds`` in epoch µs)."""
+        """A key-ordered scan over a table (events: within ``bounds`` in epoch µs).
+
+        ``lazy`` (events only): the getters return an empty placeholder instead of building the
+        event, for a caller that serializes events by rank (``key[1]``) itself.
+        """
         if ep.table != "events":
             return self.table(ep.table).scanner(sort_path, as_datetime)
         lo, hi = bounds
         events = self.events
+        placeholder: tuple[Record, dict[str, Any]] = ({}, {})
 
         def scan(after: Key | None, ascending: bool) -> Iterator[tuple[Key, Getter]]:
             for key, get in events.scan(after, ascending, lo, hi):
-                yield key, (lambda g=get: (g(), {}))
+                yield key, ((lambda: placeholder) if lazy else (lambda g=get: (g(), {})))
 
         return scan
 

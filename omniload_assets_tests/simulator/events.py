@@ -13,8 +13,12 @@ changed versions), ``count + n`` for added ones.
 from __future__ import annotations
 
 import bisect
+import multiprocessing
 from collections.abc import Callable, Iterator
+from concurrent.futures import ProcessPoolExecutor
 from typing import Any
+
+import orjson
 
 from .data import API, Factory, catalog_id, item_external_id
 from .ids import (
@@ -84,6 +88,9 @@ class EventStore:
         self._overlay_key: dict[int, Key] = {}
         self._rank_of_id: dict[str, int] = {}
         self._next_rank = count
+        #: Serialized base events by index, filled when ``cache`` is on (see :meth:`serialized`).
+        self.cache = False
+        self._serialized: dict[int, bytes] = {}
 
     # -- base events ----------------------------------------------------------------------
     def instant(self, i: int) -> int:
@@ -232,6 +239,42 @@ class EventStore:
                 props["DiscountValue"] = round(value * 0.1, 2)
         return props
 
+    # -- serialized events (fast serving for benchmarks) ----------------------------------
+    def serialized(self, rank: int) -> bytes:
+        """The current version of event ``rank`` as JSON bytes (memoized for base events when
+        ``cache`` is on: a base event never changes, a changed one lives in the overlay)."""
+        record = self.overlay.get(rank)
+        if record is not None:
+            return orjson.dumps(record)
+        blob = self._serialized.get(rank)
+        if blob is None:
+            blob = orjson.dumps(self.build(rank))
+            if self.cache:
+                self._serialized[rank] = blob
+        return blob
+
+    def warm(self, processes: int = 1, chunk: int = 20_000) -> None:
+        """Turn ``cache`` on and serialize every base event now, in ``processes`` forked workers.
+
+        Call before the server starts (forking a process that serves threads is unsafe).
+        """
+        global _WARMING
+        self.cache = True
+        todo = [i for i in range(0, self.count, chunk) if i not in self._serialized]
+        spans = [(i, min(i + chunk, self.count)) for i in todo]
+        if processes <= 1 or len(spans) <= 1:
+            for lo, hi in spans:
+                self._serialized.update(zip(range(lo, hi), _serialize(self, lo, hi), strict=True))
+            return
+        _WARMING = self
+        try:
+            context = multiprocessing.get_context("fork")
+            with ProcessPoolExecutor(max_workers=processes, mp_context=context) as pool:
+                for (lo, hi), blobs in zip(spans, pool.map(_warm_span, spans), strict=True):
+                    self._serialized.update(zip(range(lo, hi), blobs, strict=True))
+        finally:
+            _WARMING = None
+
     # -- overlay --------------------------------------------------------------------------
     def _key_of(self, record: Record, rank: int, fallback: int) -> Key:
         attributes = record.get("attributes")
@@ -361,6 +404,20 @@ class EventStore:
 
     def __len__(self) -> int:
         return self.count - len(self.shadowed) + len(self.overlay)
+
+
+_WARMING: EventStore | None = None
+
+
+def _serialize(store: EventStore, lo: int, hi: int) -> list[bytes]:
+    build = store.build
+    return [orjson.dumps(build(i)) for i in range(lo, hi)]
+
+
+def _warm_span(span: tuple[int, int]) -> list[bytes]:
+    """A forked worker's share of :meth:`EventStore.warm` (the store is inherited on fork)."""
+    assert _WARMING is not None
+    return _serialize(_WARMING, *span)
 
 
 def _merge(

@@ -369,3 +369,27 @@ def event_bounds(exprs: list[Expr]) -> tuple[int | None, int | None, list[Expr]]
         else:
             rest.append(expr)
     return lo, hi, rest
+
+
+def sort_bounds(exprs: list[Expr], ep: Endpoint, sort_path: str) -> tuple[int | None, int | None]:
+    """``[lo, hi)`` in epoch µs that top-level datetime comparisons put on the field at ``sort_path``.
+
+    Every record the filter accepts has its value there in the range (a comparison on a datetime
+    field rejects values that are not datetimes), so a scan sorted on that field may skip the rest.
+    """
+    lo: int | None = None
+    hi: int | None = None
+    for expr in conjuncts(exprs):
+        if not isinstance(expr, Compare) or expr.value is None or expr.value.kind != "datetime":
+            continue
+        spec = ep.filters.get(expr.field)
+        if spec is None or spec.kind != "datetime" or spec.path != sort_path:
+            continue
+        v = expr.value.value
+        new_lo = {GE: v, GT: v + 1}.get(expr.op)
+        new_hi = {LT: v, LE: v + 1}.get(expr.op)
+        if new_lo is not None:
+            lo = new_lo if lo is None else max(lo, new_lo)
+        if new_hi is not None:
+            hi = new_hi if hi is None else min(hi, new_hi)
+    return lo, hi

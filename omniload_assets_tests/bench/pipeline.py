@@ -1,0 +1,97 @@
+"""One measured run of the product's pipeline in its own process: extract, stage, merge.
+
+The same steps as an asset materialization (``assets.extract`` then the IO manager's merge), without
+Dagster's run machinery: the client pages the window with ``parallelism`` workers, rows are staged
+to Parquet as they arrive, and one transaction merges them into DuckDB. Prints one JSON line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import tempfile
+import time
+from datetime import datetime
+from pathlib import Path
+
+import duckdb
+
+from omniload_assets.klaviyo.catalog import get_table
+from omniload_assets.klaviyo.client import ClientStats, KlaviyoClient
+from omniload_assets.klaviyo.windows import TimeWindow
+from omniload_assets.warehouse.staging import ParquetStager
+from omniload_assets.warehouse.writer import merge_into
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident set size in MB (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def run(args: argparse.Namespace) -> dict[str, float]:
+    spec = get_table(args.table)
+    window = TimeWindow(args.start, args.end)
+    stats = ClientStats()
+    workdir = Path(tempfile.mkdtemp(prefix="omniload-bench-", dir=args.workdir))
+    stager = ParquetStager(spec, str(workdir / "staging"))
+    cpu0, t0 = cpu_s(), time.perf_counter()
+    with KlaviyoClient(
+        args.api_key, base_url=args.base_url, pace=not args.no_pace, max_connections=args.parallelism + 4
+    ) as client:
+        batches = client.iter_batches(spec, window, stager.convert, parallelism=args.parallelism, stats=stats)
+        for batch in batches:
+            stager.add(batch)
+    staged = stager.finish(window, stats.as_dict())
+    extract_s, extract_cpu = time.perf_counter() - t0, cpu_s() - cpu0
+    rss_extract = peak_rss_mb()
+    t1 = time.perf_counter()
+    with duckdb.connect(str(workdir / "bench.duckdb")) as conn:
+        result = merge_into(
+            conn,
+            schema="klaviyo",
+            table=spec.asset_name,
+            files=staged.files,
+            primary_key=spec.primary_key,
+            incremental_key=spec.incremental_key,
+            column_types=staged.column_types,
+            run_id="bench",
+        )
+    load_s = time.perf_counter() - t1
+    staged.cleanup()
+    return {
+        "records": stats.records,
+        "rows_loaded": result.table_rows,
+        "requests": stats.requests,
+        "pages": stats.pages,
+        "throttled": stats.throttled,
+        "pacing_wait_s": stats.pacing_wait_s,
+        "extract_s": extract_s,
+        "extract_cpu_s": extract_cpu,
+        "load_s": load_s,
+        "total_s": extract_s + load_s,
+        "peak_rss_extract_mb": rss_extract,
+        "peak_rss_mb": peak_rss_mb(),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m omniload_assets_tests.bench.pipeline")
+    parser.add_argument("--base-url", required=True)
+    parser.add_argument("--api-key", required=True)
+    parser.add_argument("--table", required=True)
+    parser.add_argument("--start", type=datetime.fromisoformat, required=True)
+    parser.add_argument("--end", type=datetime.fromisoformat, required=True)
+    parser.add_argument("--parallelism", type=int, required=True)
+    parser.add_argument("--no-pace", action="store_true", help="no client-side pacing (limits lifted)")
+    parser.add_argument("--workdir", default=None)
+    print(json.dumps(run(parser.parse_args())), flush=True)
+
+
+if __name__ == "__main__":
+    main()
