@@ -46,9 +46,11 @@ def extract(context: dg.AssetExecutionContext, spec: TableSpec, klaviyo: Klaviyo
     progress.extraction_started(spec.name, stats)
     try:
         with klaviyo.get_client() as client:
-            batches = client.iter_records(
+            # Each worker turns its page into an Arrow table, so parsed JSON never piles up.
+            batches = client.iter_batches(
                 spec,
                 window,
+                stager.convert,
                 page_size=klaviyo.page_size,
                 parallelism=klaviyo.extract_parallelism,
                 stats=stats,

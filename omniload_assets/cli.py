@@ -505,7 +505,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=parse_parallelism,
         metavar="N",
         help=f"concurrent Klaviyo requests inside the run, {MIN_PARALLELISM}-{MAX_PARALLELISM} (default: "
-        "the resource's extract_parallelism, 8); Klaviyo's rate limits still apply",
+        "the resource's extract_parallelism, 40); Klaviyo's rate limits still apply",
     )
     cmd.add_argument(
         "--progress",

@@ -95,5 +95,5 @@ def test_paced_extraction_sees_few_429s_under_real_limits() -> None:
             sim, "flows", TimeWindow(start, end), parallelism=8, page_size=page_size, stats=stats
         )
         assert set(got) == expected
-        assert stats.requests >= 8
+        assert stats.requests >= len(expected) / page_size  # no page holds more than page_size
         assert sim.stats.throttled == stats.throttled <= 1

@@ -40,7 +40,11 @@ class KlaviyoResource(dg.ConfigurableResource):
         default=None, description="Records per page; default each endpoint's maximum."
     )
     extract_parallelism: int = Field(
-        default=8, ge=1, le=64, description="Concurrent requests (sub-windows) inside one run."
+        default=40,
+        ge=1,
+        le=64,
+        description="Most concurrent requests per table in one run; each endpoint also gets no more "
+        "workers than its rate-limit tier can use (XL 40, L 8, M 4, S 3).",
     )
     timeout_s: float = Field(default=60.0, gt=0, description="Per-request timeout, seconds.")
     max_retries: int = Field(default=5, ge=0, description="Retries on 5xx, timeouts and broken responses.")
