@@ -85,7 +85,8 @@ def build_asset(spec: TableSpec, partitions_def: dg.PartitionsDefinition | None)
         group_name=KEY_PREFIX,
         description=spec.description,
         kinds={"klaviyo", "duckdb"},
-        tags={"klaviyo/strategy": spec.strategy},
+        owners=settings.asset_owners(),
+        tags={"klaviyo/strategy": spec.strategy, "klaviyo/rate_tier": spec.rate_limit.tier},
         metadata={
             "dagster/column_schema": column_schema(spec),
             "dagster/table_name": f"{settings.duckdb_schema()}.{spec.asset_name}",

@@ -22,6 +22,7 @@ ENV_VARS: dict[str, tuple[str | None, str]] = {
     "OMNILOAD_REPLACE_CRON": ("0 3 * * *", "cron (UTC) of the replace tables' refresh: daily"),
     "OMNILOAD_SENSOR_INTERVAL": ("300", "seconds between the change sensor's ticks"),
     "OMNILOAD_FRESHNESS_HOURS": ("48", "freshness check's max age, hours; per table: 48,metrics=720"),
+    "OMNILOAD_ASSET_OWNERS": (None, "owners of the 15 assets, comma-separated: team:data,me@example.com"),
 }
 
 
@@ -142,3 +143,14 @@ def freshness_max_age_hours(table: str) -> float:
     if parsed <= 0:
         raise SettingsError(f"OMNILOAD_FRESHNESS_HOURS={raw!r}: hours must be positive")
     return parsed
+
+
+def asset_owners() -> list[str]:
+    """``OMNILOAD_ASSET_OWNERS`` as a list: Dagster owners are emails or ``team:<name>``."""
+    owners = [o.strip() for o in (env("OMNILOAD_ASSET_OWNERS") or "").split(",") if o.strip()]
+    for owner in owners:
+        if not (owner.startswith("team:") or "@" in owner):
+            raise SettingsError(
+                f"OMNILOAD_ASSET_OWNERS: {owner!r} is not an owner; use an email or team:<name>"
+            )
+    return owners

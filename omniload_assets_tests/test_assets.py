@@ -20,6 +20,18 @@ FIRST_DAY = SIM_START.date()
 LAST_DAY = (SIM_END - timedelta(days=1)).date()
 
 
+def test_assets_carry_owners_from_the_environment(sim_env, monkeypatch) -> None:
+    from omniload_assets.definitions import build_definitions
+    from omniload_assets.settings import SettingsError
+
+    monkeypatch.setenv("OMNILOAD_ASSET_OWNERS", "team:data, ana@example.com")
+    spec = build_definitions().get_assets_def(asset_key(get_table("events"))).specs_by_key
+    assert list(spec[asset_key(get_table("events"))].owners) == ["team:data", "ana@example.com"]
+    monkeypatch.setenv("OMNILOAD_ASSET_OWNERS", "data")
+    with pytest.raises(SettingsError, match="OMNILOAD_ASSET_OWNERS: 'data' is not an owner"):
+        build_definitions()
+
+
 def test_definitions_hold_one_asset_per_table(defs: dg.Definitions) -> None:
     keys = {k.to_user_string() for k in defs.resolve_asset_graph().get_all_asset_keys()}
     assert keys == {f"klaviyo/{t.asset_name}" for t in TABLES}

@@ -143,7 +143,7 @@ class KlaviyoTablesIOManager(dg.IOManager):
             params = [window.start, window.end]
         with open_database(self.database, read_only=True, lock_timeout_s=self.lock_timeout_s) as conn:
             table = qualified_name(conn, self.schema, self.table_name(spec))
-            arrow: pa.Table = conn.execute(f"SELECT * FROM {table}{where}", params).to_arrow_table()
+            arrow: pa.Table = conn.sql(f"SELECT * FROM {table}{where}", params=params).to_arrow_table()
         return convert_table(arrow, getattr(context.dagster_type, "typing_type", None))
 
 

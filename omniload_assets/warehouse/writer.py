@@ -144,9 +144,9 @@ def qualified_name(conn: duckdb.DuckDBPyConnection, schema: str, table: str) -> 
 
 
 def _current_catalog(conn: duckdb.DuckDBPyConnection) -> str:
-    row = conn.execute("SELECT current_database()").fetchone()
-    assert row is not None
-    return str(row[0])
+    # fetchall, not fetchone: DuckDB keeps an unfinished result open and refuses conn.sql() after it.
+    rows = conn.execute("SELECT current_database()").fetchall()
+    return str(rows[0][0])
 
 
 def _literal(text: str) -> str:
