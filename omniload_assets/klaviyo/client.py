@@ -106,6 +106,10 @@ def _validate_base_url(base_url: str) -> str:
     )
 
 
+def _records(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return records
+
+
 class KlaviyoClient:
     """Talks to one Klaviyo account. Thread-safe; use as a context manager to close connections."""
 
@@ -357,16 +361,9 @@ class KlaviyoClient:
         Dense windows are split among up to ``parallelism`` workers (see ``extraction``). Records
         without an incremental key go to the window holding now.
         """
-        extraction = Extraction(
-            self,
-            spec,
-            window,
-            page_size=page_size,
-            parallelism=parallelism,
-            stats=stats or ClientStats(),
-            now=now or datetime.now(UTC),
+        yield from self.iter_batches(
+            spec, window, _records, page_size=page_size, parallelism=parallelism, stats=stats, now=now
         )
-        yield from extraction
 
     def iter_batches(
         self,
