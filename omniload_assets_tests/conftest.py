@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections import Counter
+from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -10,6 +11,7 @@ import dagster as dg
 import duckdb
 import pytest
 
+from omniload_assets.klaviyo.catalog import TableSpec
 from omniload_assets.warehouse.writer import qualified_name
 from omniload_assets_tests.simulator import KlaviyoSimulator
 
@@ -81,3 +83,17 @@ def table_rows(db_path: Path, table: str) -> list[tuple]:
         return conn.execute(
             f"SELECT {select} FROM {qualified_name(conn, 'klaviyo', table)} ORDER BY id"
         ).fetchall()
+
+
+def assert_tables_match_simulator(
+    db_path: Path, simulator: KlaviyoSimulator, specs: Iterable[TableSpec]
+) -> None:
+    """Each table holds exactly the simulator's ids (over the sim's window when partitioned), once each."""
+    for spec in specs:
+        ids = table_ids(db_path, spec.asset_name)
+        assert not [i for i, n in Counter(ids).items() if n > 1], f"duplicate ids in {spec.name}"
+        expected = (
+            simulator.ids(spec.name, SIM_START, SIM_END) if spec.partitioned else simulator.ids(spec.name)
+        )
+        assert expected, f"the simulator served no {spec.name}: the check proves nothing"
+        assert set(ids) == expected, spec.name

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections import Counter
 from datetime import UTC, date, datetime, timedelta
 
 import dagster as dg
@@ -14,7 +13,13 @@ import pytest
 from omniload_assets.assets import asset_key
 from omniload_assets.klaviyo.catalog import TABLES, get_table
 from omniload_assets.runner import materialize_tables, partition_range_tags
-from omniload_assets_tests.conftest import SIM_END, SIM_START, table_ids, table_rows
+from omniload_assets_tests.conftest import (
+    SIM_END,
+    SIM_START,
+    assert_tables_match_simulator,
+    table_ids,
+    table_rows,
+)
 
 FIRST_DAY = SIM_START.date()
 LAST_DAY = (SIM_END - timedelta(days=1)).date()
@@ -48,15 +53,7 @@ def test_definitions_hold_one_asset_per_table(defs: dg.Definitions) -> None:
 def test_all_tables_land_complete_without_duplicates(defs, simulator, db_path, instance) -> None:
     outcomes = materialize_tables(defs, TABLES, first_day=FIRST_DAY, last_day=LAST_DAY, instance=instance)
     assert all(o.success for o in outcomes)
-    for spec in TABLES:
-        ids = table_ids(db_path, spec.asset_name)
-        assert not [i for i, n in Counter(ids).items() if n > 1], f"duplicate ids in {spec.name}"
-        if spec.partitioned:
-            expected = simulator.ids(spec.name, SIM_START, SIM_END)
-        else:
-            expected = simulator.ids(spec.name)
-        assert set(ids) == expected, spec.name
-        assert expected, f"the simulator served no {spec.name}"
+    assert_tables_match_simulator(db_path, simulator, TABLES)
 
 
 def test_one_partition_extracts_exactly_its_day(defs, simulator, db_path, instance) -> None:
@@ -103,13 +100,9 @@ def test_mutations_merge_without_duplicates_or_stale_values(defs, simulator, db_
     # First only the day of the change, then the whole range again: old partitions must not undo it.
     materialize_tables(defs, tables, first_day=LAST_DAY, last_day=LAST_DAY, instance=instance)
     materialize_tables(defs, tables, first_day=FIRST_DAY, last_day=LAST_DAY, instance=instance)
+    assert_tables_match_simulator(db_path, simulator, tables)
     for spec in tables:
         ids = table_ids(db_path, spec.asset_name)
-        assert len(ids) == len(set(ids)), spec.name
-        expected = (
-            simulator.ids(spec.name, SIM_START, SIM_END) if spec.partitioned else simulator.ids(spec.name)
-        )
-        assert set(ids) == expected, spec.name
         assert set(changes[spec.name]["added"]) <= set(ids)
     # The updated profiles carry the simulator's current values.
     current = {r["id"]: r for r in simulator.records("profiles")}
@@ -171,3 +164,27 @@ def test_downstream_assets_load_tables_as_arrow_pandas_and_duckdb(defs, simulato
     assert result.success
     expected = len(simulator.ids("events", SIM_START, SIM_END))
     assert seen == {"arrow": expected, "pandas": expected, "duckdb": expected}
+
+
+@pytest.mark.parametrize(("value", "expected"), [("400MB", "381.4 MiB"), (None, None)])
+def test_writes_run_under_the_duckdb_memory_limit_setting(
+    sim_env, monkeypatch, instance, value, expected
+) -> None:
+    from omniload_assets.definitions import build_definitions
+    from omniload_assets.warehouse import io_manager
+
+    monkeypatch.setenv("OMNILOAD_DUCKDB_MEMORY_LIMIT", value or "none")
+    seen: list[str] = []
+    replace_table = io_manager.replace_table
+
+    def spy(conn: duckdb.DuckDBPyConnection, **kwargs: object) -> object:
+        seen.append(conn.execute("SELECT current_setting('memory_limit')").fetchone()[0])
+        return replace_table(conn, **kwargs)
+
+    monkeypatch.setattr(io_manager, "replace_table", spy)
+    defs = build_definitions()
+    tags = defs.get_assets_def(asset_key(get_table("tags")))
+    assert dg.materialize([tags], instance=instance, resources=defs.resources).success
+    with duckdb.connect() as conn:
+        default = conn.execute("SELECT current_setting('memory_limit')").fetchone()[0]
+    assert seen == [expected or default]

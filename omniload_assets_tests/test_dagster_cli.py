@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from omniload_assets.klaviyo.catalog import TABLES
-from omniload_assets_tests.conftest import SIM_END, SIM_START, table_ids
+from omniload_assets_tests.conftest import SIM_END, SIM_START, assert_tables_match_simulator, table_ids
 
 DAGSTER = str(Path(sys.executable).with_name("dagster"))
 IN_PROCESS_CONFIG = "execution:\n  config:\n    in_process: {}\n"
@@ -85,10 +85,4 @@ def test_multiprocess_executor_writes_all_tables_to_one_file(cli_env, simulator,
     result = dagster(cli_env, *args, "--partition-range", "2024-01-01...2024-01-10", cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "multiprocess" in result.stderr
-    for spec in TABLES:
-        ids = table_ids(db_path, spec.asset_name)
-        assert len(ids) == len(set(ids)), spec.name
-        expected = (
-            simulator.ids(spec.name, SIM_START, SIM_END) if spec.partitioned else simulator.ids(spec.name)
-        )
-        assert set(ids) == expected, spec.name
+    assert_tables_match_simulator(db_path, simulator, TABLES)
