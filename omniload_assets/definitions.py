@@ -25,6 +25,7 @@ def build_resources() -> dict[str, dg.ConfigurableResource | dg.ConfigurableIOMa
             database=settings.duckdb_path(),
             schema=settings.duckdb_schema(),
             lock_timeout_s=settings.lock_timeout_s(),
+            memory_limit=settings.duckdb_memory_limit(),
         ),
     }
 

@@ -15,6 +15,10 @@ ENV_VARS: dict[str, tuple[str | None, str]] = {
     "OMNILOAD_DUCKDB_PATH": ("klaviyo.duckdb", "DuckDB file, duckdb:///path URI or md: path"),
     "OMNILOAD_DUCKDB_SCHEMA": ("klaviyo", "DuckDB schema of the tables"),
     "OMNILOAD_DUCKDB_LOCK_TIMEOUT": ("300", "seconds to wait for another writer's file lock"),
+    "OMNILOAD_DUCKDB_MEMORY_LIMIT": (
+        "300MB",
+        "DuckDB memory_limit of a write, spilling to disk beyond it (e.g. 1GB; none: 80% of RAM)",
+    ),
     "OMNILOAD_STAGING_DIR": (None, "where extracted batches are staged (default: a temp dir)"),
     "OMNILOAD_AUTOMATION": ("off", "schedules/sensors running from the start: off, all, or names (a,b)"),
     "OMNILOAD_SCHEDULE_CRON": ("0 * * * *", "cron (UTC) of the incremental schedule: hourly"),
@@ -29,6 +33,11 @@ ENV_VARS: dict[str, tuple[str | None, str]] = {
 #: The earliest ``OMNILOAD_START_DATE`` accepted (Klaviyo was founded in 2012).
 EARLIEST_START = date(2012, 1, 1)
 _ISO_DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
+_MEMORY_SIZE = re.compile(r"(?P<number>\d+(?:\.\d+)?)\s*(?P<unit>[kmgt]i?b|b|%)", re.IGNORECASE)
+_MEMORY_UNITS = {"b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12}
+_MEMORY_UNITS.update({"kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40})
+#: The smallest ``OMNILOAD_DUCKDB_MEMORY_LIMIT`` accepted: less fails merges instead of spilling.
+MIN_MEMORY_LIMIT_BYTES = 64 * 10**6
 
 
 class SettingsError(ValueError):
@@ -83,6 +92,37 @@ def lock_timeout_s() -> float:
     if not math.isfinite(value) or value < 0:
         raise SettingsError(f"OMNILOAD_DUCKDB_LOCK_TIMEOUT={raw!r} is not a number of seconds; use e.g. 300")
     return value
+
+
+def parse_memory_limit(raw: str | None, name: str = "OMNILOAD_DUCKDB_MEMORY_LIMIT") -> str | None:
+    """A DuckDB ``memory_limit`` such as ``512MB``, ``2GiB`` or ``25%`` (of RAM), or None (empty or
+    ``none``: DuckDB's default). Raises :class:`SettingsError` naming ``name`` when ``raw`` is no size,
+    is below 64MB or is not a percentage from 1 to 100.
+    """
+    text = (raw or "").strip()
+    if text.lower() in {"", "none", "default"}:
+        return None
+    match = _MEMORY_SIZE.fullmatch(text)
+    if match is None:
+        raise SettingsError(
+            f"{name}={raw!r} is not a memory size; use e.g. 512MB or 2GB, or none for DuckDB's default"
+        )
+    if match["unit"] == "%":
+        if not 1 <= float(match["number"]) <= 100:
+            raise SettingsError(f"{name}={raw!r} is not a percentage of RAM from 1 to 100; use e.g. 25%")
+        return f"{match['number']}%"
+    size = float(match["number"]) * _MEMORY_UNITS[match["unit"].lower()]
+    if size < MIN_MEMORY_LIMIT_BYTES:
+        raise SettingsError(f"{name}={raw!r} is below 64MB, too little for a merge; use e.g. 512MB")
+    return f"{match['number']}{match['unit'].upper().replace('I', 'i')}"
+
+
+def duckdb_memory_limit() -> str | None:
+    """``OMNILOAD_DUCKDB_MEMORY_LIMIT``: DuckDB's ``memory_limit`` for writes; None (set empty or to
+    ``none``) leaves DuckDB's default. Unset, it is 300MB."""
+    name = "OMNILOAD_DUCKDB_MEMORY_LIMIT"
+    raw = os.environ.get(name)
+    return parse_memory_limit(ENV_VARS[name][0] if raw is None else raw, name)
 
 
 def _number(name: str, minimum: float) -> float:

@@ -152,6 +152,10 @@ def test_a_run_with_a_plain_http_remote_base_url_fails_before_any_write(
         ("OMNILOAD_DUCKDB_LOCK_TIMEOUT", "soon", "is not a number of seconds"),
         ("OMNILOAD_DUCKDB_LOCK_TIMEOUT", "-1", "is not a number of seconds"),
         ("OMNILOAD_DUCKDB_LOCK_TIMEOUT", "inf", "is not a number of seconds"),
+        ("OMNILOAD_DUCKDB_MEMORY_LIMIT", "lots", "OMNILOAD_DUCKDB_MEMORY_LIMIT='lots' is not a memory size"),
+        ("OMNILOAD_DUCKDB_MEMORY_LIMIT", "512", "is not a memory size; use e.g. 512MB or 2GB"),
+        ("OMNILOAD_DUCKDB_MEMORY_LIMIT", "1MB", "OMNILOAD_DUCKDB_MEMORY_LIMIT='1MB' is below 64MB"),
+        ("OMNILOAD_DUCKDB_MEMORY_LIMIT", "150%", "is not a percentage of RAM from 1 to 100"),
     ],
 )
 def test_bad_settings_fail_loading_with_one_line_naming_the_variable(

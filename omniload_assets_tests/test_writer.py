@@ -477,6 +477,23 @@ def test_connect_parses_duckdb_uris(tmp_path, monkeypatch):
     assert resolve_database(":memory:") == ":memory:"
 
 
+def _memory_limit(conn: duckdb.DuckDBPyConnection) -> str:
+    row = conn.execute("SELECT current_setting('memory_limit')").fetchone()
+    assert row is not None
+    return str(row[0])
+
+
+def test_memory_limit_applies_to_write_connections_of_local_files(db):
+    with open_database(db) as conn:
+        default = _memory_limit(conn)
+    with open_database(db, memory_limit="300MB") as conn:
+        assert _memory_limit(conn) == "286.1 MiB" != default  # DuckDB reports 300 * 10**6 bytes in MiB
+    with open_database(db, read_only=True, memory_limit="300MB") as conn:
+        assert _memory_limit(conn) == default
+    with open_database(":memory:", memory_limit="300MB") as conn:
+        assert _memory_limit(conn) == default
+
+
 def test_qualified_name_avoids_the_catalog_schema_ambiguity(conn, stage):
     merge(conn, [stage([{"id": "a"}])])
     name = qualified_name(conn, SCHEMA, TABLE)

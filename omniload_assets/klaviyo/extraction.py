@@ -20,7 +20,7 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from omniload_assets.klaviyo.catalog import TableSpec
-from omniload_assets.klaviyo.rows import incremental_value
+from omniload_assets.klaviyo.rows import incremental_value, limit_malloc_arenas
 from omniload_assets.klaviyo.windows import TimeWindow, combine_filters, window_filter
 
 if TYPE_CHECKING:
@@ -227,6 +227,7 @@ class Extraction:
         pending.extend(self.tasks)
         busy = 0
         cancelled = threading.Event()
+        limit_malloc_arenas()  # before the workers' first allocation (see rows.MALLOC_ARENAS)
 
         def next_task() -> Task | None:
             nonlocal busy

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import ctypes
 import re
+import sys
+import threading
 from collections.abc import Iterable, Mapping
 from datetime import datetime
 from typing import Any
@@ -39,6 +42,51 @@ def _rows_pool() -> pa.MemoryPool:
 
 
 ROWS_POOL = _rows_pool()
+
+#: glibc malloc arenas for the whole process (glibc's default: 8 per core). Each thread that
+#: allocates while another does gets an arena of its own, and each arena keeps its own freed memory:
+#: with 40 fetching threads the heaps fragmented and peak RSS grew with the run (100k / 500k / 1M
+#: events: 378 / 501 / 562+ MB). With 2 arenas and :func:`release_free_memory` after each staged file:
+#: 321 / 438 / 425 MB, flat from about 250k events, at much the same records/s (the GIL serializes
+#: most allocations anyway).
+MALLOC_ARENAS = 2
+_M_ARENA_MAX = -8  # mallopt parameter (glibc malloc.h)
+_libc_lock = threading.Lock()
+_arenas_limited = False
+
+
+def _glibc() -> ctypes.CDLL | None:
+    """The process's C library if it is glibc (has ``mallopt`` and ``malloc_trim``), else None."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(None)
+        libc.mallopt  # noqa: B018 -- lookups raise AttributeError where the symbols are missing (musl)
+        libc.malloc_trim  # noqa: B018
+    except (OSError, AttributeError):
+        return None
+    return libc
+
+
+_LIBC = _glibc()
+
+
+def limit_malloc_arenas() -> None:
+    """Cap glibc's malloc arenas at :data:`MALLOC_ARENAS` (once; no-op elsewhere). Call it before
+    starting threads that parse pages: threads get their arena at their first allocation."""
+    global _arenas_limited
+    with _libc_lock:
+        if _LIBC is not None and not _arenas_limited:
+            _LIBC.mallopt(_M_ARENA_MAX, MALLOC_ARENAS)
+            _arenas_limited = True
+
+
+def release_free_memory() -> None:
+    """Hand freed heap memory back to the OS (glibc's ``malloc_trim``; no-op elsewhere): parsed
+    pages leave free holes the heap would otherwise keep resident. A few ms; call it rarely."""
+    if _LIBC is not None:
+        _LIBC.malloc_trim(0)
+
 
 #: DuckDB type of attributes the catalogue does not know: kept verbatim as JSON.
 EXTRA_COLUMN_TYPE = "JSON"

@@ -96,6 +96,7 @@ def connect(
     *,
     read_only: bool = False,
     lock_timeout_s: float = DEFAULT_LOCK_TIMEOUT_S,
+    memory_limit: str | None = None,
 ) -> duckdb.DuckDBPyConnection:
     """Open a DuckDB connection, waiting up to ``lock_timeout_s`` for another process's lock.
 
@@ -105,11 +106,29 @@ def connect(
     :class:`DuckDBLockedError`; a path that cannot be created or opened raises
     :class:`DuckDBPathError`. Close the connection as soon as the work is done (or use
     :func:`open_database`): holding it blocks every other process.
+
+    ``memory_limit`` (e.g. ``300MB``) caps DuckDB's memory on a writable local file (it spills to
+    ``<file>.tmp`` beyond it); read-only, ``:memory:`` and MotherDuck connections keep the default.
     """
     target = resolve_database(database)
     local = is_local_file(target)
     if local:
         _check_path(Path(target), read_only=read_only)
+    conn = _connect_waiting(target, local=local, read_only=read_only, lock_timeout_s=lock_timeout_s)
+    if memory_limit and local and not read_only:
+        try:
+            quoted = "'" + memory_limit.replace("'", "''") + "'"
+            conn.execute(f"SET memory_limit = {quoted}")
+        except BaseException:
+            conn.close()
+            raise
+    return conn
+
+
+def _connect_waiting(
+    target: str, *, local: bool, read_only: bool, lock_timeout_s: float
+) -> duckdb.DuckDBPyConnection:
+    """:func:`duckdb.connect`, retried while another process holds the file's lock."""
     deadline = time.monotonic() + max(lock_timeout_s, 0.0)
     delay = _FIRST_DELAY_S
     attempts = 0
@@ -173,9 +192,10 @@ def open_database(
     *,
     read_only: bool = False,
     lock_timeout_s: float = DEFAULT_LOCK_TIMEOUT_S,
+    memory_limit: str | None = None,
 ) -> Iterator[duckdb.DuckDBPyConnection]:
     """Yield a connection from :func:`connect` and always close it afterwards."""
-    conn = connect(database, read_only=read_only, lock_timeout_s=lock_timeout_s)
+    conn = connect(database, read_only=read_only, lock_timeout_s=lock_timeout_s, memory_limit=memory_limit)
     try:
         yield conn
     finally:

@@ -35,11 +35,13 @@ class KlaviyoTablesIOManager(dg.IOManager):
         schema: str,
         lock_timeout_s: float,
         table_names: Mapping[str, str] | None = None,
+        memory_limit: str | None = None,
     ) -> None:
         self.database = database
         self.schema = schema
         self.lock_timeout_s = lock_timeout_s
         self.table_names = dict(table_names or {})
+        self.memory_limit = memory_limit  # DuckDB's memory_limit for writes; None: its default
 
     def _spec(self, context: dg.OutputContext | dg.InputContext) -> TableSpec:
         return get_table(context.asset_key.path[-1])
@@ -56,7 +58,9 @@ class KlaviyoTablesIOManager(dg.IOManager):
         spec = self._spec(context)
         run_id = context.run_id
         try:
-            with open_database(self.database, lock_timeout_s=self.lock_timeout_s) as conn:
+            with open_database(
+                self.database, lock_timeout_s=self.lock_timeout_s, memory_limit=self.memory_limit
+            ) as conn:
                 if spec.strategy == "replace":
                     result = replace_table(
                         conn,
@@ -178,6 +182,12 @@ class KlaviyoDuckDBIOManager(DuckDBIOManager):
         description="Asset name -> DuckDB table name, for tables written under another name "
         "(the CLI's --dest-table); tables not listed keep their asset name.",
     )
+    memory_limit: str | None = Field(
+        default=None,
+        description="DuckDB memory_limit of each write to a local file (e.g. 512MB; beyond it DuckDB "
+        "spills to disk); None: DuckDB's default (80% of RAM). Deployments set it from "
+        "OMNILOAD_DUCKDB_MEMORY_LIMIT.",
+    )
 
     @staticmethod
     def type_handlers() -> Sequence[DbTypeHandler]:
@@ -191,4 +201,5 @@ class KlaviyoDuckDBIOManager(DuckDBIOManager):
             schema=self.schema_ or settings.duckdb_schema(),
             lock_timeout_s=self.lock_timeout_s,
             table_names=self.table_names,
+            memory_limit=settings.parse_memory_limit(self.memory_limit, "memory_limit"),
         )

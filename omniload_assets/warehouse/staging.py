@@ -12,7 +12,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from omniload_assets.klaviyo.catalog import TableSpec
-from omniload_assets.klaviyo.rows import ROWS_POOL, RowBuilder
+from omniload_assets.klaviyo.rows import ROWS_POOL, RowBuilder, release_free_memory
 from omniload_assets.klaviyo.windows import TimeWindow
 
 #: Rows per staged file: large enough for fast bulk loads, small enough to bound memory.
@@ -83,6 +83,8 @@ class ParquetStager:
         self.rows_written += table.num_rows
         self._pending = []
         self._pending_rows = 0
+        del table
+        release_free_memory()  # every ROWS_PER_FILE rows: what the pages freed goes back to the OS
 
     def finish(self, window: TimeWindow | None, stats: dict[str, float]) -> StagedTable:
         self.flush()

@@ -220,7 +220,8 @@ def main() -> None:
         out.write(
             f"DuckDB merge: {merge['rows']:,} rows into a {merge['rows']:,}-row table "
             f"({merge['updated']:,} updated, {merge['inserted']:,} inserted) in {merge['seconds']:.1f} s = "
-            f"{merge['rows_per_s']:,.0f} rows/s ({merge['threads']} threads)\n"
+            f"{merge['rows_per_s']:,.0f} rows/s ({merge['threads']} threads, memory_limit "
+            f"{merge['memory_limit']}, peak RSS {merge['peak_rss_mb']:.0f} MB)\n"
         )
         out.write(decoders() + "\n")
         if args.ingestr_python:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import duckdb
 
+from omniload_assets import settings
 from omniload_assets.klaviyo.catalog import get_table
 from omniload_assets.warehouse.writer import merge_into
 
@@ -43,16 +44,24 @@ def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m omniload_assets_tests.bench.merge")
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--memory-limit", default=None, help="DuckDB memory_limit, e.g. 300MB")
+    parser.add_argument(
+        "--memory-limit",
+        default=None,
+        help="DuckDB memory_limit, e.g. 300MB, or none; default: OMNILOAD_DUCKDB_MEMORY_LIMIT (300MB)",
+    )
     parser.add_argument("--workdir", default=None)
     args = parser.parse_args()
+    if args.memory_limit is None:
+        memory_limit = settings.duckdb_memory_limit()
+    else:
+        memory_limit = settings.parse_memory_limit(args.memory_limit, "--memory-limit")
     spec = get_table("events")
     rows = args.rows
     work = Path(tempfile.mkdtemp(prefix="omniload-merge-", dir=args.workdir))
     with duckdb.connect(str(work / "merge.duckdb")) as conn:
         conn.execute(f"SET threads = {args.threads}")
-        if args.memory_limit:
-            conn.execute(f"SET memory_limit = '{args.memory_limit}'")
+        if memory_limit:
+            conn.execute(f"SET memory_limit = '{memory_limit}'")
         existing, batch = work / "existing.parquet", work / "batch.parquet"
         write_parquet(conn, existing, 0, rows, 0)
         # The batch: the newer half of the table again (updates) and as many new ids (inserts).
@@ -92,6 +101,7 @@ def main() -> None:
                 "updated": result.updated,
                 "table_rows": result.table_rows,
                 "threads": args.threads,
+                "memory_limit": memory_limit or "default",
                 "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
             }
         ),

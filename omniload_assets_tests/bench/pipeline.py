@@ -15,11 +15,11 @@ import time
 from datetime import datetime
 from pathlib import Path
 
-import duckdb
-
+from omniload_assets import settings
 from omniload_assets.klaviyo.catalog import get_table
 from omniload_assets.klaviyo.client import ClientStats, KlaviyoClient
 from omniload_assets.klaviyo.windows import TimeWindow
+from omniload_assets.warehouse.connection import open_database
 from omniload_assets.warehouse.staging import ParquetStager
 from omniload_assets.warehouse.writer import merge_into
 
@@ -51,7 +51,8 @@ def run(args: argparse.Namespace) -> dict[str, float]:
     extract_s, extract_cpu = time.perf_counter() - t0, cpu_s() - cpu0
     rss_extract = peak_rss_mb()
     t1 = time.perf_counter()
-    with duckdb.connect(str(workdir / "bench.duckdb")) as conn:
+    # As the IO manager writes: under OMNILOAD_DUCKDB_MEMORY_LIMIT (default 300MB).
+    with open_database(workdir / "bench.duckdb", memory_limit=settings.duckdb_memory_limit()) as conn:
         result = merge_into(
             conn,
             schema="klaviyo",
