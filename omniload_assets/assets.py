@@ -55,10 +55,10 @@ def extract(context: dg.AssetExecutionContext, spec: TableSpec, klaviyo: Klaviyo
                 parallelism=klaviyo.extract_parallelism,
                 stats=stats,
             )
-            for batch in batches:
+            for n, batch in enumerate(batches, 1):
                 stager.add(batch)
                 progress.extraction_advanced(spec.name, stats)
-                if stats.pages % LOG_EVERY_PAGES == 0:
+                if n % LOG_EVERY_PAGES == 0:
                     rate = stats.records / max(time.monotonic() - started, 1e-6)
                     context.log.info(
                         f"{spec.name}: {stats.pages} pages, {stats.records} records "

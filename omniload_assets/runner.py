@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import date, timedelta
+from datetime import date
 
 import dagster as dg
 
@@ -63,7 +63,3 @@ def materialize_tables(
         for a in group:
             outcomes.append(RunOutcome(a.key.path[-1], result.success, result.run_id))
     return outcomes
-
-
-def days(first_day: date, last_day: date) -> list[date]:
-    return [first_day + timedelta(n) for n in range((last_day - first_day).days + 1)]

@@ -52,9 +52,16 @@ def env(name: str) -> str | None:
     return value
 
 
+def env_str(name: str) -> str:
+    """``env`` for a variable that has a default (in ``ENV_VARS``), so never ``None``."""
+    value = env(name)
+    assert value is not None, f"{name} has no default in ENV_VARS"
+    return value
+
+
 def start_date() -> date:
     """``OMNILOAD_START_DATE`` as a date; a clear error when it is not ``YYYY-MM-DD``."""
-    raw = (env("OMNILOAD_START_DATE") or "2022-01-01").strip()
+    raw = env_str("OMNILOAD_START_DATE").strip()
     try:
         if not _ISO_DATE.fullmatch(raw):
             raise ValueError(raw)
@@ -75,16 +82,16 @@ def start_date() -> date:
 
 
 def duckdb_path() -> str:
-    return env("OMNILOAD_DUCKDB_PATH") or "klaviyo.duckdb"
+    return env_str("OMNILOAD_DUCKDB_PATH")
 
 
 def duckdb_schema() -> str:
-    return env("OMNILOAD_DUCKDB_SCHEMA") or "klaviyo"
+    return env_str("OMNILOAD_DUCKDB_SCHEMA")
 
 
 def lock_timeout_s() -> float:
     """``OMNILOAD_DUCKDB_LOCK_TIMEOUT``: a finite, non-negative number of seconds."""
-    raw = env("OMNILOAD_DUCKDB_LOCK_TIMEOUT") or "300"
+    raw = env_str("OMNILOAD_DUCKDB_LOCK_TIMEOUT")
     try:
         value = float(raw)
     except ValueError:
@@ -126,7 +133,7 @@ def duckdb_memory_limit() -> str | None:
 
 
 def _number(name: str, minimum: float) -> float:
-    raw = env(name) or ENV_VARS[name][0] or "0"
+    raw = env_str(name)
     try:
         value = float(raw)
     except ValueError:
@@ -138,7 +145,7 @@ def _number(name: str, minimum: float) -> float:
 
 def automation_names() -> frozenset[str]:
     """Names of the schedules/sensors that start RUNNING (``OMNILOAD_AUTOMATION``); ``*`` means all."""
-    raw = (env("OMNILOAD_AUTOMATION") or "off").strip().lower()
+    raw = env_str("OMNILOAD_AUTOMATION").strip().lower()
     if raw in {"", "off", "none", "false", "0", "no"}:
         return frozenset()
     if raw in {"all", "on", "true", "1", "yes"}:
@@ -147,11 +154,11 @@ def automation_names() -> frozenset[str]:
 
 
 def schedule_cron() -> str:
-    return env("OMNILOAD_SCHEDULE_CRON") or "0 * * * *"
+    return env_str("OMNILOAD_SCHEDULE_CRON")
 
 
 def replace_cron() -> str:
-    return env("OMNILOAD_REPLACE_CRON") or "0 3 * * *"
+    return env_str("OMNILOAD_REPLACE_CRON")
 
 
 def lookback_days() -> int:
@@ -164,8 +171,8 @@ def sensor_interval_s() -> int:
 
 def freshness_max_age_hours(table: str) -> float:
     """``OMNILOAD_FRESHNESS_HOURS`` for ``table``: ``48`` for all, ``48,events=6,metrics=720`` per table."""
-    raw = env("OMNILOAD_FRESHNESS_HOURS") or "48"
-    default, per_table = "48", {}
+    raw = env_str("OMNILOAD_FRESHNESS_HOURS")
+    default, per_table = str(ENV_VARS["OMNILOAD_FRESHNESS_HOURS"][0]), {}
     for part in (p.strip() for p in raw.split(",") if p.strip()):
         name, sep, hours = part.partition("=")
         if sep:

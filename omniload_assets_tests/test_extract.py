@@ -50,6 +50,8 @@ def test_dense_windows_are_split_among_workers_without_loss(simulator) -> None:
     expected = simulator.ids("events", WINDOW.start, WINDOW.end)
     assert len(got) == len(expected) == len(set(got))
     assert set(got) == expected
+    # A single cursor would need exactly ceil(n / 20) pages; each hand-over adds a partial page.
+    assert stats.pages > -(-len(expected) // 20)
     # Far more pages than one cursor could have served in the same number of requests: split happened.
     assert stats.pages >= len(expected) // 20
 
@@ -78,6 +80,7 @@ def test_adjacent_windows_partition_the_records(simulator, table) -> None:
     days = WINDOW.split(5)
     per_day = [extract_ids(simulator, table, day) for day in days]
     union = [i for ids in per_day for i in ids]
+    assert union, f"no {table} in {WINDOW}: the test proves nothing"
     assert len(union) == len(set(union))
     assert set(union) == simulator.ids(table, WINDOW.start, WINDOW.end)
     for day, ids in zip(days, per_day, strict=True):
@@ -89,6 +92,7 @@ def test_paced_extraction_sees_few_429s_under_real_limits() -> None:
     start, end = datetime(2024, 1, 1, tzinfo=UTC), datetime(2024, 1, 3, tzinfo=UTC)
     with KlaviyoSimulator(seed=5, start=start, end=end, rate_limits=True) as sim:
         expected = sim.ids("flows", start, end)
+        assert expected
         page_size = max(1, len(expected) // 5)  # about a dozen requests at flows' 3/s burst limit
         stats = ClientStats()
         got = extract_ids(

@@ -171,6 +171,10 @@ def test_links_next_to_another_host_is_refused_and_gets_no_key(defs, simulator, 
         assert "refusing to send the API key" in reason(result)
         assert elsewhere.stats.total_requests == 0
     assert not db_path.exists() or "tags" not in duckdb_text(db_path)
+    if db_path.exists():  # no tags table at all, not merely no row mentioning "tags"
+        with duckdb.connect(str(db_path), read_only=True) as conn:
+            query = "SELECT 1 FROM duckdb_tables() WHERE table_name = 'tags'"
+            assert not conn.execute(query).fetchall()
 
 
 def test_https_is_the_default_and_plain_http_only_on_loopback(monkeypatch) -> None:

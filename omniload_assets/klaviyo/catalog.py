@@ -74,10 +74,6 @@ class TableSpec:
         """True when the API can apply at least the lower bound of a window itself."""
         return bool(self.filter_operators & {GE, GT})
 
-    @property
-    def server_side_upper_bound(self) -> bool:
-        return bool(self.filter_operators & {LT, LE})
-
     def relationship_column(self, relationship: str) -> str:
         suffix = "_id" if self.relationships.get(relationship, "one") == "one" else "_ids"
         return relationship.replace("-", "_") + suffix

@@ -106,10 +106,6 @@ def _validate_base_url(base_url: str) -> str:
     )
 
 
-def _records(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return records
-
-
 class KlaviyoClient:
     """Talks to one Klaviyo account. Thread-safe; use as a context manager to close connections."""
 
@@ -362,14 +358,14 @@ class KlaviyoClient:
         without an incremental key go to the window holding now.
         """
         yield from self.iter_batches(
-            spec, window, _records, page_size=page_size, parallelism=parallelism, stats=stats, now=now
+            spec, window, None, page_size=page_size, parallelism=parallelism, stats=stats, now=now
         )
 
     def iter_batches(
         self,
         spec: TableSpec,
         window: TimeWindow | None,
-        transform: Callable[[list[dict[str, Any]]], T],
+        transform: Callable[[list[dict[str, Any]]], T] | None,
         *,
         page_size: int | None = None,
         parallelism: int = 1,

@@ -126,8 +126,6 @@ def _to_bigint(value: Any) -> int:
 
 
 def _to_double(value: Any) -> float:
-    if isinstance(value, bool):
-        return float(value)
     return float(value)
 
 
@@ -303,11 +301,11 @@ class RowBuilder:
     def _typed(self, col: str, values: list[Any], arrays: dict[str, pa.Array]) -> pa.Array:
         """``values`` converted to ``col``'s documented type; a ``<col>__raw`` array if some failed."""
         duck_type = self.types[col]
+        if duck_type == "JSON":
+            return _json_array(values)
         arrow_type = ARROW_TYPES[duck_type]
         kinds = {type(v) for v in values}
         kinds.discard(type(None))
-        if duck_type == "JSON":
-            return _json_array(values)
         if kinds <= _NATIVE.get(duck_type, frozenset()):
             try:
                 if duck_type == "TIMESTAMPTZ":

@@ -15,15 +15,17 @@ from pydantic import Field
 
 from omniload_assets import settings
 from omniload_assets.klaviyo.catalog import TableSpec, get_table
-from omniload_assets.warehouse.connection import check_writable, open_database
+from omniload_assets.warehouse.connection import DEFAULT_LOCK_TIMEOUT_S, check_writable, open_database
 from omniload_assets.warehouse.staging import StagedTable
-from omniload_assets.warehouse.writer import WriteResult, merge_into, qualified_name, replace_table
+from omniload_assets.warehouse.writer import (
+    WriteResult,
+    merge_into,
+    qualified_name,
+    quote_ident,
+    replace_table,
+)
 
 PREVIEW_ROWS = 5
-
-
-def quote(identifier: str) -> str:
-    return '"' + identifier.replace('"', '""') + '"'
 
 
 class KlaviyoTablesIOManager(dg.IOManager):
@@ -89,10 +91,10 @@ class KlaviyoTablesIOManager(dg.IOManager):
 
     def _preview(self, conn: Any, spec: TableSpec) -> dg.MetadataValue:
         table = qualified_name(conn, self.schema, self.table_name(spec))
-        order = f"{quote(spec.incremental_key)} DESC NULLS LAST, " if spec.incremental_key else ""
+        order = f"{quote_ident(spec.incremental_key)} DESC NULLS LAST, " if spec.incremental_key else ""
         cols = [spec.primary_key, *[c for c in spec.columns if spec.columns[c] != "JSON"][:5]]
-        select = ", ".join(quote(c) for c in cols)
-        order += quote(spec.primary_key)
+        select = ", ".join(quote_ident(c) for c in cols)
+        order += quote_ident(spec.primary_key)
         rows = conn.execute(f"SELECT {select} FROM {table} ORDER BY {order} LIMIT {PREVIEW_ROWS}").fetchall()
         header = "| " + " | ".join(cols) + " |\n|" + "---|" * len(cols) + "\n"
         body = "".join("| " + " | ".join("" if v is None else str(v) for v in r) + " |\n" for r in rows)
@@ -143,7 +145,8 @@ class KlaviyoTablesIOManager(dg.IOManager):
         where, params = "", []
         if spec.incremental_key and context.has_asset_partitions:
             window = context.asset_partitions_time_window
-            where = f" WHERE {quote(spec.incremental_key)} >= ? AND {quote(spec.incremental_key)} < ?"
+            key = quote_ident(spec.incremental_key)
+            where = f" WHERE {key} >= ? AND {key} < ?"
             params = [window.start, window.end]
         with open_database(self.database, read_only=True, lock_timeout_s=self.lock_timeout_s) as conn:
             table = qualified_name(conn, self.schema, self.table_name(spec))
@@ -175,7 +178,8 @@ class KlaviyoDuckDBIOManager(DuckDBIOManager):
     """
 
     lock_timeout_s: float = Field(
-        default=300.0, description="Seconds to wait for another process's lock on the DuckDB file."
+        default=DEFAULT_LOCK_TIMEOUT_S,
+        description="Seconds to wait for another process's lock on the DuckDB file.",
     )
     table_names: dict[str, str] = Field(
         default_factory=dict,
