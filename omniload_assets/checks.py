@@ -65,14 +65,15 @@ def profile_table(conn: Any, schema: str, spec: TableSpec, table_name: str | Non
         f"SELECT count(*), count(*) - count({pk}), count(DISTINCT {pk}), "
         f"epoch_us(max({fresh})::TIMESTAMPTZ) FROM {table}"
     ).fetchone()
-    dupes = conn.execute(
-        f"SELECT CAST({pk} AS VARCHAR), count(*) AS n FROM {table} WHERE {pk} IS NOT NULL "
-        f"GROUP BY {pk} HAVING count(*) > 1 ORDER BY n DESC, 1 LIMIT {SAMPLE_IDS}"
-    ).fetchall()
-    (duplicate_keys,) = conn.execute(
-        f"SELECT count(*) FROM (SELECT {pk} FROM {table} WHERE {pk} IS NOT NULL "
-        f"GROUP BY {pk} HAVING count(*) > 1)"
-    ).fetchone()
+    extra_rows = int(rows) - int(nulls) - int(distinct)
+    dupes: list[tuple[str, int, int]] = []
+    if extra_rows:  # a healthy table skips the grouping pass; one pass gives the sample and the count
+        dupes = conn.execute(
+            f"SELECT CAST({pk} AS VARCHAR), n, count(*) OVER () FROM (SELECT {pk}, count(*) AS n "
+            f"FROM {table} WHERE {pk} IS NOT NULL GROUP BY {pk} HAVING count(*) > 1) "
+            f"ORDER BY n DESC, 1 LIMIT {SAMPLE_IDS}"
+        ).fetchall()
+    duplicate_keys = dupes[0][2] if dupes else 0
     newest = (
         None if newest_us is None else datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=newest_us)
     )
@@ -81,7 +82,7 @@ def profile_table(conn: Any, schema: str, spec: TableSpec, table_name: str | Non
         rows=int(rows),
         null_keys=int(nulls),
         duplicate_keys=int(duplicate_keys),
-        extra_rows=int(rows) - int(nulls) - int(distinct),
+        extra_rows=extra_rows,
         duplicate_sample=tuple(str(r[0]) for r in dupes),
         newest=newest,
     )

@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import re
 import threading
-import time
 from collections import Counter
 from datetime import UTC, datetime, timedelta, timezone
 from urllib.parse import parse_qs
@@ -685,7 +684,6 @@ class FakeEventServer:
         next_url = None
         if offset + size < len(matching):
             next_url = str(request.url.copy_set_param("page[cursor]", str(offset + size)))
-        time.sleep(0.002)  # a little latency, so idle workers appear while others page
         return httpx.Response(200, json=page(chunk, next_url))
 
 
