@@ -30,6 +30,7 @@ def test_warmed_events_are_served_exactly_as_built() -> None:
         cold.mutate("events", updated=5, added=3, at=datetime(2024, 1, 2, 12, tzinfo=UTC))
         got, expected = fetch(warm, "events", WINDOW, 200), fetch(cold, "events", WINDOW, 200)
     assert got == expected
+    assert len(changed["added"]) == 3 and got
     assert {r["id"] for r in got} >= set(changed["added"])
 
 
@@ -41,6 +42,7 @@ def test_sorted_windows_of_profiles_page_as_without_narrowing(page_size) -> None
         got = fetch(sim, "profiles", WINDOW, page_size)
         expected_ids = sim.ids("profiles", WINDOW.start, WINDOW.end)
     ids = [r["id"] for r in got]
+    assert ids
     assert len(ids) == len(set(ids))
     assert set(ids) == expected_ids
     keys = [r["attributes"]["updated"] for r in got]
