@@ -164,8 +164,8 @@ class ChangeProbe:
             if variant:
                 params["filter"] = variant
             for page in self.client.iter_pages(spec, params, self.stats):
-                for record in page.get("data") or []:
-                    found = record_key(spec, record)
+                for raw in page.keys:
+                    found = parse_datetime(raw)
                     if found is None or found <= mark:
                         continue
                     days.add(found.date())

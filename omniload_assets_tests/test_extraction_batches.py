@@ -10,6 +10,7 @@ import pyarrow as pa
 from omniload_assets.klaviyo.catalog import get_table
 from omniload_assets.klaviyo.client import ClientStats, KlaviyoClient
 from omniload_assets.klaviyo.extraction import TIER_WORKERS, Extraction, workers_for
+from omniload_assets.klaviyo.pages import PageBatch
 from omniload_assets.klaviyo.rows import RowBuilder
 from omniload_assets.klaviyo.windows import TimeWindow
 
@@ -22,7 +23,7 @@ def test_workers_build_arrow_batches_of_exactly_the_window(simulator) -> None:
     stats = ClientStats()
     with KlaviyoClient(simulator.api_key, base_url=simulator.base_url) as client:
         tables = list(
-            client.iter_batches(spec, WINDOW, builder.table, parallelism=6, page_size=25, stats=stats)
+            client.iter_batches(spec, WINDOW, builder.page_table, parallelism=6, page_size=25, stats=stats)
         )
     assert all(isinstance(t, pa.Table) for t in tables)
     ids = [i for t in tables for i in t.column("id").to_pylist()]
@@ -38,11 +39,11 @@ def test_requests_in_the_works_never_exceed_the_workers(simulator) -> None:
     seen: list[int] = []
     holder: dict[str, Extraction] = {}
 
-    def transform(records: list[dict]) -> int:
+    def transform(batch: PageBatch) -> int:
         extraction = holder["x"]
         with extraction._lock:
             seen.append(extraction._in_flight + extraction._processing)
-        return len(records)
+        return batch.size
 
     with KlaviyoClient(simulator.api_key, base_url=simulator.base_url) as client:
         extraction = Extraction(
@@ -100,6 +101,6 @@ def test_records_tied_on_the_key_across_pages_arrive_once(simulator) -> None:
         ids = []
         for batch in extraction:
             pages.append(batch)
-            ids += [r["id"] for r in batch]
+            ids += [r["id"] for r in batch.records()]
     assert not [i for i, n in Counter(ids).items() if n > 1]
     assert set(ids) == simulator.ids("profiles", window.start, window.end)

@@ -30,6 +30,7 @@ from omniload_assets.klaviyo.errors import (
     redact,
 )
 from omniload_assets.klaviyo.extraction import Extraction
+from omniload_assets.klaviyo.pages import PageBatch, PageFormatError, RawPage, read_page
 from omniload_assets.klaviyo.ratelimit import limiter_for
 from omniload_assets.klaviyo.windows import TimeWindow
 
@@ -67,6 +68,14 @@ class ClientStats:
     def as_dict(self) -> dict[str, float]:
         with self._lock:
             return {f.name: getattr(self, f.name) for f in fields(self) if not f.name.startswith("_")}
+
+
+def _json_api_document(body: bytes) -> dict[str, Any]:
+    """The parsed body; ``ValueError`` unless it is a JSON:API document with a data list."""
+    document = orjson.loads(body)
+    if not isinstance(document, dict) or not isinstance(document.get("data"), list):
+        raise PageFormatError("response body is not a JSON:API document with a data list")
+    return document
 
 
 def _is_loopback(host: str) -> bool:
@@ -172,7 +181,28 @@ class KlaviyoClient:
         params: dict[str, str] | None = None,
         stats: ClientStats | None = None,
     ) -> dict[str, Any]:
-        """GET one page, paced to ``spec``'s rate limit, retrying what can be retried."""
+        """GET one page as parsed JSON, paced to ``spec``'s rate limit, retrying what can be retried."""
+        return self._get(spec, url, params, stats, _json_api_document)
+
+    def get_page(
+        self,
+        spec: TableSpec,
+        url: str,
+        params: dict[str, str] | None = None,
+        stats: ClientStats | None = None,
+    ) -> RawPage:
+        """GET one page as its raw body, indexed (``links.next`` and the records' keys)."""
+        return self._get(spec, url, params, stats, lambda body: read_page(spec, body))
+
+    def _get(
+        self,
+        spec: TableSpec,
+        url: str,
+        params: dict[str, str] | None,
+        stats: ClientStats | None,
+        decode: Callable[[bytes], T],
+    ) -> T:
+        """GET with pacing and retries; a body ``decode`` rejects (``ValueError``) is retried."""
         stats = stats or ClientStats()
         limiter = limiter_for(self._account, spec.path, spec.rate_limit)
         attempt = 0
@@ -186,17 +216,16 @@ class KlaviyoClient:
                 response = self._http.get(url, params=params)
                 status = response.status_code
                 if status == 200:
-                    body = orjson.loads(response.content)
-                    if isinstance(body, dict) and isinstance(body.get("data"), list):
-                        return body
-                    problem = "response body is not a JSON:API document with a data list"
-                    status = None
+                    return decode(response.content)
             except httpx.TimeoutException as exc:
                 problem = f"{type(exc).__name__}: no response within timeout_s={self.timeout_s:g}"
                 timed_out = True
                 status = None
-            except (httpx.TransportError, orjson.JSONDecodeError) as exc:
+            except httpx.TransportError as exc:
                 problem = f"{type(exc).__name__}: {redact(str(exc), self._api_key)}"
+                status = None
+            except ValueError as exc:  # a truncated or malformed body (orjson's and msgspec's errors)
+                problem = f"{type(exc).__name__}: {redact(str(exc), self._api_key)[:200]}"
                 status = None
             if status == 429:
                 throttles += 1
@@ -294,7 +323,7 @@ class KlaviyoClient:
 
     def iter_pages(
         self, spec: TableSpec, params: dict[str, str], stats: ClientStats | None = None
-    ) -> Iterator[dict[str, Any]]:
+    ) -> Iterator[RawPage]:
         """Every page of a listing, following ``links.next`` until it is null.
 
         ``links.next`` is followed only on the base URL's scheme, host and port (the API key goes
@@ -306,11 +335,11 @@ class KlaviyoClient:
         first = f"{self.base_url}{spec.path}?{urlencode(params)}"
         seen: set[tuple[str, tuple[tuple[str, str], ...]]] = {_page_identity(first)}
         while True:
-            page = self.get_json(spec, url, page_params, stats)
+            page = self.get_page(spec, url, page_params, stats)
             stats.add(pages=1)
             yield page
-            next_url = (page.get("links") or {}).get("next")
-            del page  # a parsed page is megabytes: not held while the next request waits
+            next_url = page.next
+            del page  # a page is a megabyte: not held while the next request waits
             if not next_url:
                 return
             if not isinstance(next_url, str):
@@ -351,29 +380,35 @@ class KlaviyoClient:
         stats: ClientStats | None = None,
         now: datetime | None = None,
     ) -> Iterator[list[dict[str, Any]]]:
-        """Batches (one per page) of the resources whose incremental key lies in ``window``.
+        """Batches (one per page) of the resources whose incremental key lies in ``window``, parsed.
 
         The window goes to the server as far as the endpoint can filter; the rest is checked here.
         Dense windows are split among up to ``parallelism`` workers (see ``extraction``). Records
         without an incremental key go to the window holding now.
         """
         yield from self.iter_batches(
-            spec, window, None, page_size=page_size, parallelism=parallelism, stats=stats, now=now
+            spec,
+            window,
+            PageBatch.records,
+            page_size=page_size,
+            parallelism=parallelism,
+            stats=stats,
+            now=now,
         )
 
     def iter_batches(
         self,
         spec: TableSpec,
         window: TimeWindow | None,
-        transform: Callable[[list[dict[str, Any]]], T] | None,
+        transform: Callable[[PageBatch], T],
         *,
         page_size: int | None = None,
         parallelism: int = 1,
         stats: ClientStats | None = None,
         now: datetime | None = None,
     ) -> Iterator[T]:
-        """Like :meth:`iter_records`, with each page turned into ``transform(records)`` by the worker
-        that fetched it (e.g. ``RowBuilder.table``), so parsed JSON never piles up in memory."""
+        """Like :meth:`iter_records`, with each page turned into ``transform(batch)`` by the worker
+        that fetched it (e.g. ``RowBuilder.page_table``), so no page piles up in memory."""
         yield from Extraction(
             self,
             spec,

@@ -20,13 +20,12 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from omniload_assets.klaviyo.catalog import TableSpec
-from omniload_assets.klaviyo.rows import incremental_value, limit_malloc_arenas
+from omniload_assets.klaviyo.pages import PageBatch, RawPage
+from omniload_assets.klaviyo.rows import key_value, limit_malloc_arenas
 from omniload_assets.klaviyo.windows import TimeWindow, combine_filters, window_filter
 
 if TYPE_CHECKING:
     from omniload_assets.klaviyo.client import ClientStats, KlaviyoClient
-
-Record = dict[str, Any]
 
 #: A remainder shorter than this is paged through rather than handed over.
 MIN_SPLIT_SPAN = timedelta(seconds=2)
@@ -61,9 +60,9 @@ class Task:
 
 @dataclass
 class Step:
-    """What one page of a task gave: records to keep, and new tasks if the rest was handed over."""
+    """What one page of a task gave: its records to keep, and new tasks if the rest was handed over."""
 
-    records: list[Record]
+    batch: PageBatch
     handed_over: list[Task]
 
 
@@ -80,7 +79,7 @@ class Extraction:
         parallelism: int,
         stats: ClientStats,
         now: datetime,
-        transform: Callable[[list[Record]], Any] | None = None,
+        transform: Callable[[PageBatch], Any] | None = None,
     ) -> None:
         self.client = client
         self.spec = spec
@@ -128,34 +127,34 @@ class Extraction:
             if last:
                 return
 
-    def _step(
-        self, task: Task, page: dict[str, Any], floor: datetime | None
-    ) -> tuple[Step, bool, datetime | None]:
+    def _step(self, task: Task, page: RawPage, floor: datetime | None) -> tuple[Step, bool, datetime | None]:
         """What one page gives, whether it ends the task, and the highest key handed on so far."""
         window = task.window
-        data: list[Record] = page.get("data") or []
         if window is None:
-            return Step(data, []), False, floor
-        keyed = [(incremental_value(self.spec, r), r) for r in data]
-        kept = [r for key, r in keyed if self._in_window(key, window)]
+            return Step(PageBatch(page), []), False, floor
+        keys = [key_value(k) for k in page.keys]
+        kept = [i for i, key in enumerate(keys) if self._in_window(key, window)]
         if not self.sorted:
-            return Step(kept, []), False, floor
-        keys = [key for key, _ in keyed if key is not None]
-        last = max(keys) if keys else None
+            return Step(self._batch(page, kept), []), False, floor
+        dated = [key for key in keys if key is not None]
+        last = max(dated) if dated else None
         if last is not None and last >= window.end:
-            return Step(kept, []), True, floor  # sorted: nothing further can fall inside the window
-        has_next = bool((page.get("links") or {}).get("next"))
+            return Step(self._batch(page, kept), []), True, floor  # sorted: nothing further is inside
         wanted = self._wanted()
-        if has_next and wanted and last is not None and (floor is None or last > floor):
+        if page.next and wanted and last is not None and (floor is None or last > floor):
             rest = TimeWindow(last, window.end)
             if rest.duration >= MIN_SPLIT_SPAN:
-                before = [r for key, r in keyed if key is not None and key < last and key in window]
-                undated = [r for key, r in keyed if key is None and self._in_window(key, window)]
+                # Records on ``last`` itself are left to the new tasks.
+                before = [i for i in kept if keys[i] is None or keys[i] < last]
                 pieces = [Task(w, task.variant) for w in rest.split(wanted + 1)]
-                return Step(before + undated, pieces), True, floor
+                return Step(self._batch(page, before), pieces), True, floor
         if last is not None and (floor is None or last > floor):
             floor = last
-        return Step(kept, []), False, floor
+        return Step(self._batch(page, kept), []), False, floor
+
+    @staticmethod
+    def _batch(page: RawPage, kept: list[int]) -> PageBatch:
+        return PageBatch(page, None if len(kept) == page.size else kept)
 
     def _in_window(self, key: datetime | None, window: TimeWindow) -> bool:
         # Records without an incremental key belong to the window holding "now".
@@ -179,8 +178,8 @@ class Extraction:
         while pending:
             for step in self.run_task(pending.popleft()):
                 pending.extend(step.handed_over)
-                self._count(step.records)
-                yield self._batch(step.records)
+                self._count(step.batch)
+                yield self._hand_on(step.batch)
 
     # Requests in flight follow the CPU: a parsed page is about ten times the size of its Arrow
     # rows, and when responses arrive faster than this process turns them into rows, requests
@@ -212,13 +211,13 @@ class Extraction:
                 self._window = min(self.parallelism, self._window + 1)
             self._lock.notify_all()
 
-    def _batch(self, records: list[Record]) -> Any:
-        """What is handed on for one page: the records, or ``transform(records)`` made in the
-        worker (an Arrow table is a fraction of the size of the parsed JSON it replaces)."""
-        return records if self.transform is None else self.transform(records)
+    def _hand_on(self, batch: PageBatch) -> Any:
+        """What is handed on for one page: the batch, or ``transform(batch)`` made in the worker
+        (an Arrow table is a fraction of the size of the page it replaces)."""
+        return batch if self.transform is None else self.transform(batch)
 
-    def _count(self, records: list[Record]) -> None:
-        self.stats.add(records=len(records))
+    def _count(self, batch: PageBatch) -> None:
+        self.stats.add(records=batch.size)
 
     def _concurrent(self) -> Iterator[Any]:
         # Few finished pages wait for the consumer: memory is bounded by the workers, not the window.
@@ -263,8 +262,8 @@ class Extraction:
                                 with self._lock:
                                     pending.extend(step.handed_over)
                                     self._lock.notify_all()
-                            self._count(step.records)
-                            batch = self._batch(step.records)
+                            self._count(step.batch)
+                            batch = self._hand_on(step.batch)
                             del step
                             out.put(batch)
                             del batch

@@ -8,6 +8,7 @@ import sys
 import threading
 from collections.abc import Iterable, Mapping
 from datetime import datetime
+from operator import attrgetter
 from typing import Any
 
 import orjson
@@ -15,6 +16,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from omniload_assets.klaviyo.catalog import TableSpec
+from omniload_assets.klaviyo.pages import PageBatch, page_schema
 from omniload_assets.klaviyo.windows import parse_datetime
 
 #: DuckDB type -> Arrow type of the staged column. JSON travels as text.
@@ -267,6 +269,53 @@ class RowBuilder:
         for rel in self.spec.relationships:
             col = self.spec.relationship_column(rel)
             arrays[col] = self._typed(col, [_related_ids(r.get(rel)) for r in rels], arrays)
+        return self._assemble(arrays, n)
+
+    def page_table(self, batch: PageBatch) -> pa.Table:
+        """An Arrow table of a page's kept records: from its structs when the page fit them (see
+        ``pages``), else by :meth:`table`. Same columns and values either way, except that JSON
+        columns hold the JSON text as Klaviyo sent it. Thread-safe, like :meth:`table`."""
+        resources = batch.resources()
+        if resources is not None:
+            table = self._struct_table(resources)
+            if table is not None:
+                return table
+        return self.table(batch.records())
+
+    def _struct_table(self, resources: list[Any]) -> pa.Table | None:
+        """Columns straight from the structs; None if a value does not convert (the caller then
+        takes :meth:`table`, whose per-value rules keep it in a ``__raw`` column)."""
+        schema = page_schema(self.spec)
+        arrays: dict[str, pa.Array] = {}
+        try:
+            arrays[self.spec.primary_key] = pa.array(
+                [r.id for r in resources], pa.string(), memory_pool=ROWS_POOL
+            )
+            empty = schema.empty_attributes
+            attributes = [r.attributes or empty for r in resources]
+            for attr, field, duck_type in schema.attributes:
+                values = list(map(attrgetter(field), attributes))
+                arrays[self._attr_columns[attr]] = _struct_array(duck_type, values)
+            empty = schema.empty_relationships
+            relationships = [r.relationships or empty for r in resources]
+            for rel, field, cardinality in schema.relationships:
+                bodies = map(attrgetter(field), relationships)
+                if cardinality == "one":
+                    ids = [None if b is None or b.data is None else b.data.id for b in bodies]
+                    array = pa.array(ids, pa.string(), memory_pool=ROWS_POOL)
+                else:
+                    dumps = orjson.dumps
+                    lists = [
+                        None if b is None or b.data is None else dumps([d.id for d in b.data]) for b in bodies
+                    ]
+                    array = pa.array(lists, pa.binary(), memory_pool=ROWS_POOL).view(pa.string())
+                arrays[self.spec.relationship_column(rel)] = array
+        except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError):
+            return None
+        return self._assemble(arrays, len(resources))
+
+    def _assemble(self, arrays: dict[str, pa.Array], n: int) -> pa.Table:
+        """The table of every column seen so far, in order; columns without an array are NULL."""
         fields, columns = [], []
         for col, duck_type in self.column_types().items():
             arrow_type = ARROW_TYPES.get(duck_type, pa.string())
@@ -279,21 +328,24 @@ class RowBuilder:
 
     def _plan(self, attrs: list[dict[str, Any]], rels: list[dict[str, Any]]) -> dict[str, str] | None:
         """Attribute -> column for this page, or None when the page needs the per-row path."""
-        known_rels = self.spec.relationships
-        for keys in {tuple(r) for r in rels}:
-            if any(rel not in known_rels for rel in keys):
-                return None
+        rel_keys = {key for keys in {tuple(r) for r in rels} for key in keys}
+        attr_keys = dict.fromkeys(key for keys in dict.fromkeys(tuple(a) for a in attrs) for key in keys)
+        return self.plan(attr_keys, rel_keys)
+
+    def plan(self, attr_keys: Iterable[str], rel_keys: Iterable[str]) -> dict[str, str] | None:
+        """Attribute -> column for records with these attribute and relationship names (in order of
+        first appearance), or None when some need the per-row path: an undocumented relationship,
+        two attributes naming one column, or an attribute named like a ``__raw`` column."""
+        if any(rel not in self.spec.relationships for rel in rel_keys):
+            return None
         plan: dict[str, str] = {}
-        for keys in dict.fromkeys(tuple(a) for a in attrs):
-            for attr in keys:
-                if attr in plan:
-                    continue
-                col = self._attr_columns.get(attr)
-                if col is None:
-                    col = column_name(attr)
-                    if col in self._reserved:
-                        col = f"{col}__attribute"
-                plan[attr] = col
+        for attr in attr_keys:
+            col = self._attr_columns.get(attr)
+            if col is None:
+                col = column_name(attr)
+                if col in self._reserved:
+                    col = f"{col}__attribute"
+            plan[attr] = col
         if len(set(plan.values())) != len(plan) or any(c.endswith("__raw") for c in plan.values()):
             return None
         return plan
@@ -346,6 +398,18 @@ _NATIVE: dict[str, frozenset[type]] = {
 }
 
 
+def _struct_array(duck_type: str, values: list[Any]) -> pa.Array:
+    """One column from struct fields, which ``msgspec`` already checked against ``duck_type``."""
+    if duck_type == "JSON":  # msgspec.Raw: the value's JSON text as sent; JSON null is NULL
+        texts = [None if v is None or (b := bytes(v)) == b"null" else b for v in values]
+        return pa.array(texts, pa.binary(), memory_pool=ROWS_POOL).view(pa.string())
+    arrow_type = ARROW_TYPES[duck_type]
+    if duck_type == "TIMESTAMPTZ":
+        strings = pa.array(values, pa.string(), memory_pool=ROWS_POOL)
+        return pc.cast(strings, arrow_type, memory_pool=ROWS_POOL)
+    return pa.array(values, arrow_type, memory_pool=ROWS_POOL)
+
+
 def _json_array(values: list[Any]) -> pa.Array:
     """JSON text of each value (NULL for None), built from orjson's bytes without decoding them."""
     dumps = orjson.dumps
@@ -365,12 +429,17 @@ def _related_ids(body: Any) -> Any:
     return None
 
 
+def key_value(value: Any) -> datetime | None:
+    """An incremental key's raw value as an aware UTC datetime; ``None`` if absent or unreadable."""
+    try:
+        return parse_datetime(value)
+    except (ValueError, OverflowError, OSError):
+        return None
+
+
 def incremental_value(spec: TableSpec, resource: Mapping[str, Any]) -> datetime | None:
     """The parsed incremental key of a resource object, or ``None``."""
     if spec.incremental_key is None:
         return None
     attributes = resource.get("attributes") or {}
-    try:
-        return parse_datetime(attributes.get(spec.incremental_key))
-    except (ValueError, OverflowError, OSError):
-        return None
+    return key_value(attributes.get(spec.incremental_key))

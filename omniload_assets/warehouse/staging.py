@@ -6,12 +6,12 @@ import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from omniload_assets.klaviyo.catalog import TableSpec
+from omniload_assets.klaviyo.pages import PageBatch
 from omniload_assets.klaviyo.rows import ROWS_POOL, RowBuilder, release_free_memory
 from omniload_assets.klaviyo.windows import TimeWindow
 
@@ -59,12 +59,12 @@ class ParquetStager:
         self._pending: list[pa.Table] = []
         self._pending_rows = 0
 
-    def convert(self, resources: list[dict[str, Any]]) -> pa.Table:
-        """One page of resources as an Arrow table of rows (thread-safe)."""
-        return self.builder.table(resources)
+    def convert(self, batch: PageBatch) -> pa.Table:
+        """One page's kept records as an Arrow table of rows (thread-safe)."""
+        return self.builder.page_table(batch)
 
-    def add(self, batch: list[dict[str, Any]] | pa.Table) -> None:
-        """Add a page (resources, or a table from :meth:`convert`); write a file when enough wait."""
+    def add(self, batch: PageBatch | pa.Table) -> None:
+        """Add a page (a batch, or a table from :meth:`convert`); write a file when enough wait."""
         table = batch if isinstance(batch, pa.Table) else self.convert(batch)
         if table.num_rows:
             self._pending.append(table)
