@@ -103,6 +103,33 @@ def pipeline(
     return result
 
 
+def measured_latency(sim: Simulator, start: datetime, end: datetime, pages: int = 12) -> str:
+    """Time full pages of events and of profiles, one at a time, as the simulator serves them."""
+    import httpx
+
+    from omniload_assets.klaviyo.client import DEFAULT_REVISION
+    from omniload_assets.klaviyo.windows import TimeWindow, combine_filters, window_filter
+
+    headers = {"Authorization": f"Klaviyo-API-Key {sim.api_key}", "revision": DEFAULT_REVISION}
+    parts = []
+    with httpx.Client(base_url=sim.url, headers=headers, timeout=30) as http:
+        for table in ("events", "profiles"):
+            spec = get_table(table)
+            size = spec.max_page_size or 1
+            window = combine_filters(window_filter(spec, TimeWindow(start, end)))
+            params = {"page[size]": str(size), "filter": window or ""}
+            seconds = []
+            for _ in range(pages):
+                started = time.perf_counter()
+                http.get(spec.path, params=params).raise_for_status()
+                seconds.append(time.perf_counter() - started)
+            seconds.sort()
+            low, mid, high = seconds[0], seconds[len(seconds) // 2], seconds[-1]
+            parts.append(f"{table} page of {size}: {low:.2f}/{mid:.2f}/{high:.2f} s")
+    sim.command("limits on")  # forget the requests just made
+    return f"measured latency (min/median/max of {pages} requests): " + "; ".join(parts)
+
+
 def ceiling(table: str) -> float:
     """Records/s at the endpoint's steady rate limit with its largest page."""
     spec = get_table(table)
@@ -116,7 +143,7 @@ def print_row(out: IO[str], label: str, table: str, r: dict[str, Any], limited: 
     per_core = r["records"] / max(r["extract_cpu_s"], 1e-9)
     out.write(
         f"{label:<22} {table:<9} {r['records']:>9,} {seconds:>7.1f} {rate:>10,.0f} "
-        f"{r['requests'] / seconds:>7.1f} {ceiling(table):>9,.0f} {ratio} {r['throttled']:>5} "
+        f"{r['requests'] / seconds:>7.1f} {ceiling(table):>9,.0f} {ratio} {r['throttled_server']:>5} "
         f"{per_core:>10,.0f} {r['load_s']:>6.1f} {r['peak_rss_extract_mb']:>7.0f} {r['peak_rss_mb']:>7.0f}\n"
     )
     out.flush()
@@ -187,8 +214,8 @@ def main() -> None:
         out.write(
             f"simulator built in {time.perf_counter() - t0:.0f} s: events window {window_start:%Y-%m-%d}.."
             f"{end:%Y-%m-%d} holds {n_events:,}; profiles {start:%Y-%m-%d}..{end:%Y-%m-%d} "
-            f"hold {n_profiles:,}\nlatency: 0.02 s + 0.18-0.58 ms a record (1,000 events: 0.2-0.6 s); "
-            "ceiling: steady limit x page size\n\n"
+            f"hold {n_profiles:,}\n{measured_latency(sim, window_start, end)}\n"
+            "ceiling: steady limit x page size; 429s: answered by the simulator\n\n"
         )
         out.write(HEADER)
         windows = {"events": (window_start, end), "profiles": (start, end)}
@@ -223,6 +250,20 @@ def main() -> None:
             f"{merge['rows_per_s']:,.0f} rows/s ({merge['threads']} threads, memory_limit "
             f"{merge['memory_limit']}, peak RSS {merge['peak_rss_mb']:.0f} MB)\n"
         )
+        unlimited = run_json(
+            [
+                sys.executable,
+                "-m",
+                "omniload_assets_tests.bench.merge",
+                f"--rows={args.merge_rows}",
+                "--memory-limit=none",
+            ],
+            args.timeout,
+        )
+        out.write(
+            f"DuckDB merge without memory_limit (DuckDB's default): {unlimited['seconds']:.1f} s = "
+            f"{unlimited['rows_per_s']:,.0f} rows/s, peak RSS {unlimited['peak_rss_mb']:.0f} MB\n"
+        )
         out.write(decoders() + "\n")
         if args.ingestr_python:
             # ingestr reads one day at a time up to now: the last days of the events window.
@@ -251,7 +292,7 @@ def main() -> None:
             rate = ing["rows"] / ing["seconds"]
             requests = after["requests"] - before["requests"]
             out.write(
-                f"ingestr 0.14 events, --extract-parallelism {args.ingestr_parallelism}: "
+                f"ingestr {ing['version']} events, --extract-parallelism {args.ingestr_parallelism}: "
                 f"{ing['rows']:,} rows "
                 f"in {ing['seconds']:.1f} s = {rate:,.0f} rows/s end to end ({requests:,} requests, "
                 f"{after['throttled'] - before['throttled']} 429s, peak RSS {ing['peak_rss_mb']:.0f} MB)\n"

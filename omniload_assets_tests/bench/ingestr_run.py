@@ -7,6 +7,7 @@ the same shape in both), and the filter datetimes' ``+00:00`` sent unencoded (ar
 sent as ``Z`` instead). Prints one JSON line.
 """
 
+import importlib.metadata
 import json
 import os
 import resource
@@ -75,6 +76,7 @@ def main() -> None:
         json.dumps(
             {
                 "rows": rows,
+                "version": importlib.metadata.version("ingestr"),
                 "seconds": seconds,
                 "cpu_s": usage.ru_utime + usage.ru_stime + children.ru_utime + children.ru_stime,
                 "peak_rss_mb": max(usage.ru_maxrss, children.ru_maxrss) / 1024,
