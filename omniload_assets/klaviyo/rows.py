@@ -38,7 +38,9 @@ def _rows_pool() -> pa.MemoryPool:
     jemalloc, the system allocator close behind).
     """
     try:
-        return pa.jemalloc_memory_pool()
+        pool = pa.jemalloc_memory_pool()
+        pa.jemalloc_set_decay_ms(0)  # return freed pages at once (measured: ~30 MB less at peak)
+        return pool
     except NotImplementedError:  # a pyarrow built without jemalloc
         return pa.system_memory_pool()
 

@@ -16,7 +16,7 @@ from omniload_assets.klaviyo.rows import ROWS_POOL, RowBuilder, release_free_mem
 from omniload_assets.klaviyo.windows import TimeWindow
 
 #: Rows per staged file: large enough for fast bulk loads, small enough to bound memory.
-ROWS_PER_FILE = 50_000
+ROWS_PER_FILE = 20_000
 
 
 @dataclass
@@ -88,6 +88,7 @@ class ParquetStager:
 
     def finish(self, window: TimeWindow | None, stats: dict[str, float]) -> StagedTable:
         self.flush()
+        ROWS_POOL.release_unused()  # before the write: what extraction freed goes back to the OS
         return StagedTable(
             table=self.spec.name,
             directory=self.directory,
