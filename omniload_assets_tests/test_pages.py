@@ -46,6 +46,7 @@ def test_other_pages_take_the_general_path_with_the_same_keys(odd: dict) -> None
     page = read_page(EVENTS, body([event(2), odd], next_url=None))
     fits = "attributes" not in odd
     assert (page.resources is not None) == fits
+    assert (page.parsed is None) == fits  # a general page is parsed once, not again for its rows
     assert page.keys == ["2024-01-02T00:00:00+00:00", odd.get("attributes", {}).get("datetime")]
     assert page.next is None
 

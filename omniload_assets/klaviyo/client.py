@@ -30,7 +30,7 @@ from omniload_assets.klaviyo.errors import (
     redact,
 )
 from omniload_assets.klaviyo.extraction import Extraction
-from omniload_assets.klaviyo.pages import PageBatch, PageFormatError, RawPage, read_page
+from omniload_assets.klaviyo.pages import PageBatch, RawPage, parse_document, read_page
 from omniload_assets.klaviyo.ratelimit import limiter_for
 from omniload_assets.klaviyo.windows import TimeWindow
 
@@ -68,14 +68,6 @@ class ClientStats:
     def as_dict(self) -> dict[str, float]:
         with self._lock:
             return {f.name: getattr(self, f.name) for f in fields(self) if not f.name.startswith("_")}
-
-
-def _json_api_document(body: bytes) -> dict[str, Any]:
-    """The parsed body; ``ValueError`` unless it is a JSON:API document with a data list."""
-    document = orjson.loads(body)
-    if not isinstance(document, dict) or not isinstance(document.get("data"), list):
-        raise PageFormatError("response body is not a JSON:API document with a data list")
-    return document
 
 
 def _is_loopback(host: str) -> bool:
@@ -182,7 +174,7 @@ class KlaviyoClient:
         stats: ClientStats | None = None,
     ) -> dict[str, Any]:
         """GET one page as parsed JSON, paced to ``spec``'s rate limit, retrying what can be retried."""
-        return self._get(spec, url, params, stats, _json_api_document)
+        return self._get(spec, url, params, stats, parse_document)
 
     def get_page(
         self,

@@ -69,7 +69,7 @@ def page_schema(spec: TableSpec) -> PageSchema:
 def _make_schema(spec: TableSpec) -> PageSchema:
     """Structs generated from ``spec``: unknown attributes and relationships are rejected, so a page
     with any takes the general path (``RowBuilder`` gives them columns of their own)."""
-    struct = {"gc": False, "omit_defaults": True}
+    struct = {"gc": False}  # nothing here forms reference cycles
     attributes = tuple((attr, f"a{i}", duck_type) for i, (attr, duck_type) in enumerate(spec.columns.items()))
     attribute_fields = [(field, _FIELD_TYPES[duck_type], None) for _, field, duck_type in attributes]
     if spec.incremental_key and spec.incremental_key not in spec.columns:
@@ -126,14 +126,16 @@ class RawPage:
     keys: list[Any]
     next: Any
     resources: list[Any] | None
+    #: The resource objects as dicts when the page was decoded that way (no struct fit).
+    parsed: list[Record] | None = None
 
     @property
     def size(self) -> int:
         return len(self.keys)
 
     def records(self) -> list[Record]:
-        """The page's resource objects as dicts (parsed anew on every call)."""
-        return orjson.loads(self.body)["data"]
+        """The page's resource objects as dicts (a page read into structs is parsed on each call)."""
+        return self.parsed if self.parsed is not None else orjson.loads(self.body)["data"]
 
 
 @dataclass(frozen=True)
@@ -176,18 +178,25 @@ def read_page(spec: TableSpec, body: bytes) -> RawPage:
     return RawPage(body, keys, None if document.links is None else document.links.next, resources)
 
 
-def _read_general(spec: TableSpec, body: bytes) -> RawPage:
+def parse_document(body: bytes) -> dict[str, Any]:
+    """A body parsed into dicts; :class:`PageFormatError` unless it is a JSON:API document with a
+    ``data`` list."""
     try:
         document = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
         raise PageFormatError(f"response body is not valid JSON ({exc})") from exc
-    data = document.get("data") if isinstance(document, dict) else None
-    if not isinstance(data, list):
+    if not isinstance(document, dict) or not isinstance(document.get("data"), list):
         raise PageFormatError("response body is not a JSON:API document with a data list")
+    return document
+
+
+def _read_general(spec: TableSpec, body: bytes) -> RawPage:
+    document = parse_document(body)
+    data = document["data"]
     key = spec.incremental_key
     keys = [_attribute(r, key) if key else None for r in data]
     links = document.get("links")
-    return RawPage(body, keys, links.get("next") if isinstance(links, dict) else None, None)
+    return RawPage(body, keys, links.get("next") if isinstance(links, dict) else None, None, data)
 
 
 def _attribute(resource: Any, name: str) -> Any:

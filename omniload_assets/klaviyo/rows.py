@@ -39,7 +39,9 @@ def _rows_pool() -> pa.MemoryPool:
     """
     try:
         pool = pa.jemalloc_memory_pool()
-        pa.jemalloc_set_decay_ms(0)  # return freed pages at once (measured: ~30 MB less at peak)
+        # Freed pages go back to the OS at once; with ParquetStager releasing the pool before the
+        # write, a 1M-event run peaked ~30 MB lower (the two were measured together).
+        pa.jemalloc_set_decay_ms(0)
         return pool
     except NotImplementedError:  # a pyarrow built without jemalloc
         return pa.system_memory_pool()
@@ -331,17 +333,10 @@ class RowBuilder:
     def _plan(self, attrs: list[dict[str, Any]], rels: list[dict[str, Any]]) -> dict[str, str] | None:
         """Attribute -> column for this page, or None when the page needs the per-row path."""
         rel_keys = {key for keys in {tuple(r) for r in rels} for key in keys}
-        attr_keys = dict.fromkeys(key for keys in dict.fromkeys(tuple(a) for a in attrs) for key in keys)
-        return self.plan(attr_keys, rel_keys)
-
-    def plan(self, attr_keys: Iterable[str], rel_keys: Iterable[str]) -> dict[str, str] | None:
-        """Attribute -> column for records with these attribute and relationship names (in order of
-        first appearance), or None when some need the per-row path: an undocumented relationship,
-        two attributes naming one column, or an attribute named like a ``__raw`` column."""
         if any(rel not in self.spec.relationships for rel in rel_keys):
             return None
         plan: dict[str, str] = {}
-        for attr in attr_keys:
+        for attr in dict.fromkeys(key for keys in dict.fromkeys(tuple(a) for a in attrs) for key in keys):
             col = self._attr_columns.get(attr)
             if col is None:
                 col = column_name(attr)

@@ -168,13 +168,13 @@ def decoders() -> str:
 
     sim = KlaviyoSimulator(seed=1, scale={"events": 1000})
     body = orjson.dumps({"data": sim.records("events"), "links": {"next": None}})
-    decoders = {
+    candidates = {
         "json": stdlib_json.loads,
         "orjson": orjson.loads,
         "msgspec structs": page_schema(get_table("events")).decoder.decode,
     }
     best = {}
-    for name, loads in decoders.items():
+    for name, loads in candidates.items():
         times = []
         for _ in range(7):
             started = time.process_time()
