@@ -16,7 +16,7 @@ ENV_VARS: dict[str, tuple[str | None, str]] = {
     "OMNILOAD_DUCKDB_SCHEMA": ("klaviyo", "DuckDB schema of the tables"),
     "OMNILOAD_DUCKDB_LOCK_TIMEOUT": ("300", "seconds to wait for another writer's file lock"),
     "OMNILOAD_DUCKDB_MEMORY_LIMIT": (
-        "300MB",
+        "150MB",
         "DuckDB memory_limit of a write, spilling to disk beyond it (e.g. 1GB; none: 80% of RAM)",
     ),
     "OMNILOAD_STAGING_DIR": (None, "where extracted batches are staged (default: a temp dir)"),
@@ -126,7 +126,7 @@ def parse_memory_limit(raw: str | None, name: str = "OMNILOAD_DUCKDB_MEMORY_LIMI
 
 def duckdb_memory_limit() -> str | None:
     """``OMNILOAD_DUCKDB_MEMORY_LIMIT``: DuckDB's ``memory_limit`` for writes; None (set empty or to
-    ``none``) leaves DuckDB's default. Unset, it is 300MB."""
+    ``none``) leaves DuckDB's default. Unset, it is 150MB."""
     name = "OMNILOAD_DUCKDB_MEMORY_LIMIT"
     raw = os.environ.get(name)
     return parse_memory_limit(ENV_VARS[name][0] if raw is None else raw, name)

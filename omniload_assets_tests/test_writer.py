@@ -614,3 +614,29 @@ def test_unwritable_path_raises_path_error(tmp_path):
     with pytest.raises(DuckDBPathError, match="does not exist"):
         connect(tmp_path / "missing.duckdb", read_only=True)
     assert isinstance(info.value, WarehouseError)
+
+
+def test_a_merge_replacing_more_rows_than_the_memory_limit_holds_spills_instead_of_failing(db, stage):
+    """Replaced rows are deleted and appended again: DuckDB keeps an UPDATE's new values in memory
+    (they cannot spill), and a 1.5M-row update ran out of memory under the 300MB default."""
+    n = 300_000
+    old = pa.table(
+        {
+            "id": pa.array([f"id{i:07d}" for i in range(n)]),
+            "updated": pa.array([ts(1)] * n, pa.timestamp("us", tz="UTC")),
+            "note": pa.array([f"old note {i} " * 4 for i in range(n)]),
+        }
+    )
+    new = old.set_column(1, "updated", pa.array([ts(2)] * n, pa.timestamp("us", tz="UTC")))
+    new = new.set_column(2, "note", pa.array([f"new note {i} " * 4 for i in range(n)]))
+    first, second = stage.directory / "old.parquet", stage.directory / "new.parquet"
+    pq.write_table(old, first)
+    pq.write_table(new, second)
+    with open_database(db, memory_limit="40MB") as conn:
+        merge(conn, [first])
+        result = merge(conn, [second], run_id="again")
+        assert (result.inserted, result.updated, result.skipped_stale, result.table_rows) == (0, n, 0, n)
+        row = conn.execute(
+            f"SELECT count(*), min(note) FROM {qualified_name(conn, SCHEMA, TABLE)}"
+        ).fetchone()
+    assert row == (n, "new note 0 " * 4)

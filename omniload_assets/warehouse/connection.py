@@ -107,7 +107,7 @@ def connect(
     :class:`DuckDBPathError`. Close the connection as soon as the work is done (or use
     :func:`open_database`): holding it blocks every other process.
 
-    ``memory_limit`` (e.g. ``300MB``) caps DuckDB's memory on a writable local file (it spills to
+    ``memory_limit`` (e.g. ``150MB``) caps DuckDB's memory on a writable local file (it spills to
     ``<file>.tmp`` beyond it); read-only, ``:memory:`` and MotherDuck connections keep the default.
     """
     target = resolve_database(database)

@@ -525,30 +525,30 @@ class _Loader:
         data = [c for c in columns if c.name not in METADATA_COLUMNS]
         pk_name = self._column(columns, self.primary_key).name
         pk = quote_ident(pk_name)
-        # UPDATE the replaced rows, then append the new keys. (Measured against DELETE + append of
-        # every staged row: on disk, writing compressed string columns dominates, so rewriting only
-        # the new rows wins when a batch holds both.)
-        sets = [f"{quote_ident(c.name)} = s.{quote_ident(c.name)}" for c in data if c.name != pk_name]
-        sets += [f"{quote_ident(LOADED_AT)} = now()", f"{quote_ident(RUN_ID)} = ?"]
+        # DELETE the rows being replaced, then append every staged key not (or no longer) stored.
+        # Not UPDATE: DuckDB keeps a transaction's updated values in memory (they cannot spill), so a
+        # 1.5M-row update ran out of memory under a 300MB limit; measured 1M into 1M rows (half
+        # updates): 3.6 s here against 6.3 s with UPDATE.
         where = f"t.{pk} = s.{pk}"
         if self.incremental_key:
             inc = quote_ident(self._column(columns, self.incremental_key).name)
             where += f" AND (s.{inc} >= t.{inc} OR t.{inc} IS NULL)"
-        updated = self._count(
-            f"UPDATE {self.target} AS t SET {', '.join(sets)} FROM {stage} AS s WHERE {where}",
-            [run_id],
+        deleted = self._count(
+            f"DELETE FROM {self.target} AS t WHERE EXISTS (SELECT 1 FROM {stage} AS s WHERE {where})"
         )
         names = [quote_ident(c.name) for c in data]
-        inserted = self._count(
+        appended = self._count(
             f"INSERT INTO {self.target} ({', '.join(names)}, {quote_ident(LOADED_AT)}, "
             f"{quote_ident(RUN_ID)}) SELECT {', '.join('s.' + n for n in names)}, now(), ? "
             f"FROM {stage} AS s WHERE NOT EXISTS "
             f"(SELECT 1 FROM {self.target} AS t WHERE t.{pk} = s.{pk})",
             [run_id],
         )
+        updated = min(deleted, appended)  # a table with duplicate keys loses more rows than it gets
+        inserted = appended - updated
         self.conn.execute(f"DROP TABLE {stage}")
         table_rows = self._count(f"SELECT count(*) FROM {self.target}")
-        skipped = max(rows - inserted - updated, 0)  # UPDATE counts duplicate target keys twice
+        skipped = rows - appended
         return WriteResult(rows, inserted, updated, skipped, table_rows, added)
 
     def replace(self, run_id: str | None) -> WriteResult:

@@ -47,7 +47,7 @@ def main() -> None:
     parser.add_argument(
         "--memory-limit",
         default=None,
-        help="DuckDB memory_limit, e.g. 300MB, or none; default: OMNILOAD_DUCKDB_MEMORY_LIMIT (300MB)",
+        help="DuckDB memory_limit, e.g. 300MB, or none; default: OMNILOAD_DUCKDB_MEMORY_LIMIT (150MB)",
     )
     parser.add_argument("--workdir", default=None)
     args = parser.parse_args()

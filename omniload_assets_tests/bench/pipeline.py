@@ -51,7 +51,7 @@ def run(args: argparse.Namespace) -> dict[str, float]:
     extract_s, extract_cpu = time.perf_counter() - t0, cpu_s() - cpu0
     rss_extract = peak_rss_mb()
     t1 = time.perf_counter()
-    # As the IO manager writes: under OMNILOAD_DUCKDB_MEMORY_LIMIT (default 300MB).
+    # As the IO manager writes: under OMNILOAD_DUCKDB_MEMORY_LIMIT (default 150MB).
     with open_database(workdir / "bench.duckdb", memory_limit=settings.duckdb_memory_limit()) as conn:
         result = merge_into(
             conn,
