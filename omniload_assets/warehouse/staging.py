@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import shutil
 import tempfile
 from dataclasses import dataclass, field
@@ -88,7 +89,12 @@ class ParquetStager:
 
     def finish(self, window: TimeWindow | None, stats: dict[str, float]) -> StagedTable:
         self.flush()
-        ROWS_POOL.release_unused()  # before the write: what extraction freed goes back to the OS
+        # Before the write, what extraction freed goes back to the OS: Arrow's pool, the garbage of
+        # the workers' reference cycles, and glibc's free heap (measured: a 1M-event run's peak,
+        # which is the write's, 385 MB instead of 397-405 MB).
+        ROWS_POOL.release_unused()
+        gc.collect()
+        release_free_memory()
         return StagedTable(
             table=self.spec.name,
             directory=self.directory,
