@@ -40,7 +40,7 @@ def extract(context: dg.AssetExecutionContext, spec: TableSpec, klaviyo: Klaviyo
     """Page through the table's window and stage its rows as Parquet."""
     window = run_window(context)
     stats = ClientStats()
-    stager = ParquetStager(spec, settings.env("OMNILOAD_STAGING_DIR"))
+    stager = ParquetStager(spec, settings.env("OMNILOAD_STAGING_DIR"), processes=klaviyo.decode_processes)
     started = time.monotonic()
     context.log.info(f"extracting {spec.name} {'(all)' if window is None else window}")
     progress.extraction_started(spec.name, stats)
@@ -51,6 +51,7 @@ def extract(context: dg.AssetExecutionContext, spec: TableSpec, klaviyo: Klaviyo
                 spec,
                 window,
                 stager.convert,
+                read=stager.read,
                 page_size=klaviyo.page_size,
                 parallelism=klaviyo.extract_parallelism,
                 stats=stats,

@@ -182,9 +182,11 @@ class KlaviyoClient:
         url: str,
         params: dict[str, str] | None = None,
         stats: ClientStats | None = None,
+        read: Callable[[bytes], RawPage] | None = None,
     ) -> RawPage:
-        """GET one page as its raw body, indexed (``links.next`` and the records' keys)."""
-        return self._get(spec, url, params, stats, lambda body: read_page(spec, body))
+        """GET one page as its raw body, indexed (``links.next`` and the records' keys) by ``read``
+        (default :func:`~omniload_assets.klaviyo.pages.read_page`)."""
+        return self._get(spec, url, params, stats, read or (lambda body: read_page(spec, body)))
 
     def _get(
         self,
@@ -205,10 +207,15 @@ class KlaviyoClient:
                 stats.add(pacing_wait_s=limiter.acquire())
             stats.add(requests=1)
             try:
-                response = self._http.get(url, params=params)
-                status = response.status_code
+                # The body is read into a local, not onto the response: a response is garbage in a
+                # reference cycle (httpx) and, having lived through the request, is freed only by
+                # a rare full collection; with its megabyte body on it, hundreds piled up.
+                with self._http.stream("GET", url, params=params) as response:
+                    status = response.status_code
+                    body = b"".join(response.iter_bytes()) if status == 200 else response.read()
                 if status == 200:
-                    return decode(response.content)
+                    return decode(body)
+                del body
             except httpx.TimeoutException as exc:
                 problem = f"{type(exc).__name__}: no response within timeout_s={self.timeout_s:g}"
                 timed_out = True
@@ -314,7 +321,11 @@ class KlaviyoClient:
     # -- pages -----------------------------------------------------------------------------------
 
     def iter_pages(
-        self, spec: TableSpec, params: dict[str, str], stats: ClientStats | None = None
+        self,
+        spec: TableSpec,
+        params: dict[str, str],
+        stats: ClientStats | None = None,
+        read: Callable[[bytes], RawPage] | None = None,
     ) -> Iterator[RawPage]:
         """Every page of a listing, following ``links.next`` until it is null.
 
@@ -327,7 +338,7 @@ class KlaviyoClient:
         first = f"{self.base_url}{spec.path}?{urlencode(params)}"
         seen: set[tuple[str, tuple[tuple[str, str], ...]]] = {_page_identity(first)}
         while True:
-            page = self.get_page(spec, url, page_params, stats)
+            page = self.get_page(spec, url, page_params, stats, read)
             stats.add(pages=1)
             yield page
             next_url = page.next
@@ -394,13 +405,15 @@ class KlaviyoClient:
         window: TimeWindow | None,
         transform: Callable[[PageBatch], T],
         *,
+        read: Callable[[bytes], RawPage] | None = None,
         page_size: int | None = None,
         parallelism: int = 1,
         stats: ClientStats | None = None,
         now: datetime | None = None,
     ) -> Iterator[T]:
         """Like :meth:`iter_records`, with each page turned into ``transform(batch)`` by the worker
-        that fetched it (e.g. ``RowBuilder.page_table``), so no page piles up in memory."""
+        that fetched it (e.g. ``RowBuilder.page_table``), so no page piles up in memory. ``read``
+        decodes each body (see :meth:`get_page`), e.g. ``ParquetStager.read``."""
         yield from Extraction(
             self,
             spec,
@@ -410,4 +423,5 @@ class KlaviyoClient:
             stats=stats or ClientStats(),
             now=now or datetime.now(UTC),
             transform=transform,
+            read=read,
         )

@@ -80,6 +80,7 @@ class Extraction:
         stats: ClientStats,
         now: datetime,
         transform: Callable[[PageBatch], Any] | None = None,
+        read: Callable[[bytes], RawPage] | None = None,
     ) -> None:
         self.client = client
         self.spec = spec
@@ -88,6 +89,7 @@ class Extraction:
         self.stats = stats
         self.now = now
         self.transform = transform
+        self.read = read
         self.sorted = window is not None and spec.server_side_window
         variants = spec.filter_variants or (None,)
         self.tasks = [Task(window, v) for v in variants]
@@ -118,7 +120,7 @@ class Extraction:
         # be handed over only from a key above it, or records tied on the key across two pages
         # (many profiles share one ``updated``) would be fetched twice.
         floor = task.window.start if task.window is not None else None
-        for page in self.client.iter_pages(self.spec, self.params(task), self.stats):
+        for page in self.client.iter_pages(self.spec, self.params(task), self.stats, self.read):
             step, last, floor = self._step(task, page, floor)
             # Nothing of this page may stay referenced from this frame while the next request waits.
             del page

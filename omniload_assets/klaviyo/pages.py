@@ -120,7 +120,8 @@ def _make_schema(spec: TableSpec) -> PageSchema:
 @dataclass(frozen=True)
 class RawPage:
     """One page: its body, each record's raw incremental key (None if absent), ``links.next``, and
-    its resources as structs (``None``: the page does not fit the catalogue's structs)."""
+    its resources as structs (``None``: the page does not fit the catalogue's structs, or was
+    decoded by another process)."""
 
     body: bytes
     keys: list[Any]
@@ -128,6 +129,10 @@ class RawPage:
     resources: list[Any] | None
     #: The resource objects as dicts when the page was decoded that way (no struct fit).
     parsed: list[Record] | None = None
+    #: The page's rows (an Arrow table) when a worker process built them (``page_processes``),
+    #: with the extra column types that worker's ``RowBuilder`` had seen.
+    table: Any = None
+    extra_columns: dict[str, str] | None = None
 
     @property
     def size(self) -> int:

@@ -46,6 +46,14 @@ class KlaviyoResource(dg.ConfigurableResource):
         description="Most concurrent requests per table in one run; each endpoint also gets no more "
         "workers than its rate-limit tier can use (XL 40, L 8, M 4, S 3).",
     )
+    decode_processes: int | None = Field(
+        default=None,
+        ge=0,
+        le=16,
+        description="Processes that decode pages into rows once a table has staged 20,000 rows, so "
+        "decoding does not compete with fetching for one interpreter; default: one fewer than the "
+        "CPUs, at most 2 (0: decode in the run's own process).",
+    )
     timeout_s: float = Field(default=60.0, gt=0, description="Per-request timeout, seconds.")
     max_retries: int = Field(default=5, ge=0, description="Retries on 5xx, timeouts and broken responses.")
     max_retry_after_s: float = Field(

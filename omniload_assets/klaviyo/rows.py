@@ -279,6 +279,11 @@ class RowBuilder:
         """An Arrow table of a page's kept records: from its structs when the page fit them (see
         ``pages``), else by :meth:`table`. Same columns and values either way, except that JSON
         columns hold the JSON text as Klaviyo sent it. Thread-safe, like :meth:`table`."""
+        table = batch.page.table
+        if table is not None:  # built by a worker process (``page_processes``)
+            for col, duck_type in (batch.page.extra_columns or {}).items():
+                self.extra_columns.setdefault(col, duck_type)
+            return _rows_of(table, batch.keep)
         resources = batch.resources()
         if resources is not None:
             table = self._struct_table(resources)
@@ -393,6 +398,17 @@ _NATIVE: dict[str, frozenset[type]] = {
     "DOUBLE": frozenset({float, int}),
     "BOOLEAN": frozenset({bool}),
 }
+
+
+def _rows_of(table: pa.Table, keep: list[int] | None) -> pa.Table:
+    """The ``keep`` rows of ``table`` (all for None); a run of consecutive rows without a copy."""
+    if keep is None:
+        return table
+    if not keep:
+        return table.slice(0, 0)
+    if keep[-1] - keep[0] == len(keep) - 1:  # ascending, as extraction makes them
+        return table.slice(keep[0], len(keep))
+    return table.take(pa.array(keep, pa.int64()))
 
 
 def _struct_array(duck_type: str, values: list[Any]) -> pa.Array:

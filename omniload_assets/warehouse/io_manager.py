@@ -114,6 +114,7 @@ class KlaviyoTablesIOManager(dg.IOManager):
             "rows_skipped_stale": result.skipped_stale,
             "columns_added": ", ".join(result.columns_added) or "none",
             "pages": int(stats.get("pages", 0)),
+            "pages_decoded_in_processes": int(stats.get("pages_decoded_in_processes", 0)),
             "requests": int(stats.get("requests", 0)),
             "retries": int(stats.get("retries", 0)),
             "throttled_429": int(stats.get("throttled", 0)),

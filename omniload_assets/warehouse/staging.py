@@ -12,12 +12,15 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from omniload_assets.klaviyo.catalog import TableSpec
-from omniload_assets.klaviyo.pages import PageBatch
+from omniload_assets.klaviyo.page_processes import PageProcesses, default_processes
+from omniload_assets.klaviyo.pages import PageBatch, RawPage, read_page
 from omniload_assets.klaviyo.rows import ROWS_POOL, RowBuilder, release_free_memory
 from omniload_assets.klaviyo.windows import TimeWindow
 
 #: Rows per staged file: large enough for fast bulk loads, small enough to bound memory.
 ROWS_PER_FILE = 20_000
+#: Rows a table stages before pages go to decoding processes (starting them costs ~1 s of CPU).
+PROCESSES_AFTER_ROWS = 20_000
 
 
 @dataclass
@@ -42,14 +45,30 @@ class StagedTable:
 class ParquetStager:
     """Collects rows of one table and writes them out as Parquet files of ``ROWS_PER_FILE`` rows.
 
-    Rows wait as Arrow tables (compact, columnar), never as Python dicts; pass :meth:`convert` as
-    the client's ``transform`` (``KlaviyoClient.iter_batches``) to have the fetching workers build them.
+    Rows wait as Arrow tables (compact, columnar), never as Python dicts; pass :meth:`read` and
+    :meth:`convert` to the client (``KlaviyoClient.iter_batches``) to have the fetching workers
+    decode pages and build rows. Once ``processes_after_rows`` rows are staged, ``processes`` worker
+    processes decode the pages instead (``page_processes``; default: ``default_processes()``, 0:
+    never).
     """
 
     def __init__(
-        self, spec: TableSpec, base_dir: str | None = None, rows_per_file: int = ROWS_PER_FILE
+        self,
+        spec: TableSpec,
+        base_dir: str | None = None,
+        rows_per_file: int = ROWS_PER_FILE,
+        *,
+        processes: int | None = None,
+        processes_after_rows: int = PROCESSES_AFTER_ROWS,
     ) -> None:
         self.spec = spec
+        self.processes = default_processes() if processes is None else processes
+        self.processes_after_rows = processes_after_rows
+        self._decoders: PageProcesses | None = None
+        #: Sum of the decoding processes' peak RSS (MB), once they have stopped; 0 if none ran.
+        self.decoders_peak_rss_mb = 0.0
+        self.pages_decoded_in_processes = 0
+        self._rows_seen = 0
         self.builder = RowBuilder(spec)
         if base_dir:
             Path(base_dir).mkdir(parents=True, exist_ok=True)
@@ -59,6 +78,20 @@ class ParquetStager:
         self.rows_written = 0
         self._pending: list[pa.Table] = []
         self._pending_rows = 0
+
+    def read(self, body: bytes) -> RawPage:
+        """A page's body decoded: by the decoding processes once they run, else here (thread-safe)."""
+        decoders = self._decoders
+        if decoders is not None and decoders.ready:
+            return decoders.read(body)
+        return read_page(self.spec, body)
+
+    def start_decoders(self) -> PageProcesses | None:
+        """Start the decoding processes now (if ``processes`` allows any); pages go to them once
+        they are up. Returns them (None without any)."""
+        if self._decoders is None and self.processes:
+            self._decoders = PageProcesses(self.spec, self.processes)
+        return self._decoders
 
     def convert(self, batch: PageBatch) -> pa.Table:
         """One page's kept records as an Arrow table of rows (thread-safe)."""
@@ -70,6 +103,9 @@ class ParquetStager:
         if table.num_rows:
             self._pending.append(table)
             self._pending_rows += table.num_rows
+            self._rows_seen += table.num_rows
+            if self._rows_seen >= self.processes_after_rows:
+                self.start_decoders()
         if self._pending_rows >= self.rows_per_file:
             self.flush()
 
@@ -88,6 +124,7 @@ class ParquetStager:
         release_free_memory()  # every ROWS_PER_FILE rows: what the pages freed goes back to the OS
 
     def finish(self, window: TimeWindow | None, stats: dict[str, float]) -> StagedTable:
+        self._stop_decoders()
         self.flush()
         # Before the write, what extraction freed goes back to the OS: Arrow's pool, the garbage of
         # the workers' reference cycles, and glibc's free heap (measured: a 1M-event run's peak,
@@ -101,8 +138,20 @@ class ParquetStager:
             files=list(self.files),
             column_types=self.builder.column_types(),
             window=window,
-            stats={**stats, "rows": self.rows_written},
+            stats={
+                **stats,
+                "rows": self.rows_written,
+                "pages_decoded_in_processes": self.pages_decoded_in_processes,
+            },
         )
 
     def discard(self) -> None:
+        self._stop_decoders()
         shutil.rmtree(self.directory, ignore_errors=True)
+
+    def _stop_decoders(self) -> None:
+        if self._decoders is not None:
+            self._decoders.close()
+            self.decoders_peak_rss_mb = self._decoders.peak_rss_mb
+            self.pages_decoded_in_processes = self._decoders.pages
+            self._decoders = None

@@ -25,6 +25,7 @@ from typing import IO, Any
 
 from omniload_assets.klaviyo.catalog import get_table
 from omniload_assets.klaviyo.extraction import workers_for
+from omniload_assets.klaviyo.page_processes import default_processes
 
 HERE = Path(__file__).resolve().parent
 
@@ -81,7 +82,14 @@ def run_json(cmd: list[str], timeout: float, env: dict[str, str] | None = None) 
 
 
 def pipeline(
-    sim: Simulator, table: str, start: datetime, end: datetime, parallelism: int, paced: bool, timeout: float
+    sim: Simulator,
+    table: str,
+    start: datetime,
+    end: datetime,
+    parallelism: int,
+    paced: bool,
+    timeout: float,
+    decode_processes: int | None = None,
 ) -> dict[str, Any]:
     cmd = [
         sys.executable,
@@ -96,6 +104,8 @@ def pipeline(
     ]
     if not paced:
         cmd.append("--no-pace")
+    if decode_processes is not None:
+        cmd.append(f"--decode-processes={decode_processes}")
     before = sim.command("stats")
     result = run_json(cmd, timeout)
     after = sim.command("stats")
@@ -141,11 +151,12 @@ def print_row(out: IO[str], label: str, table: str, r: dict[str, Any], limited: 
     seconds = r["extract_s"]
     rate = r["records"] / seconds
     ratio = f"{rate / ceiling(table):6.0%}" if limited else "     -"
-    per_core = r["records"] / max(r["extract_cpu_s"], 1e-9)
+    per_core = r["records"] / max(r["extract_cpu_s"] + r["decoders_cpu_s"], 1e-9)
+    rss_extract = r["peak_rss_extract_mb"] + r["decoders_peak_rss_mb"]
     out.write(
         f"{label:<22} {table:<9} {r['records']:>9,} {seconds:>7.1f} {rate:>10,.0f} "
         f"{r['requests'] / seconds:>7.1f} {ceiling(table):>9,.0f} {ratio} {r['throttled_server']:>5} "
-        f"{per_core:>10,.0f} {r['load_s']:>6.1f} {r['peak_rss_extract_mb']:>7.0f} {r['peak_rss_mb']:>7.0f}\n"
+        f"{per_core:>10,.0f} {r['load_s']:>6.1f} {rss_extract:>7.0f} {r['peak_rss_mb']:>7.0f}\n"
     )
     out.flush()
 
@@ -224,7 +235,8 @@ def main() -> None:
             f"simulator built in {time.perf_counter() - t0:.0f} s: events window {window_start:%Y-%m-%d}.."
             f"{end:%Y-%m-%d} holds {n_events:,}; profiles {start:%Y-%m-%d}..{end:%Y-%m-%d} "
             f"hold {n_profiles:,}\n{measured_latency(sim, window_start, end)}\n"
-            "ceiling: steady limit x page size; 429s: answered by the simulator\n\n"
+            "ceiling: steady limit x page size; 429s: answered by the simulator; rec/cpu-s and RSS ext "
+            f"count the page-decoding processes (default {default_processes()}; RSS: sum of peaks)\n\n"
         )
         out.write(HEADER)
         windows = {"events": (window_start, end), "profiles": (start, end)}
@@ -235,6 +247,17 @@ def main() -> None:
             r = pipeline(sim, table, *windows[table], workers, True, args.timeout)
             results[f"limited/{table}"] = r
             print_row(out, f"real limits, P={workers}", table, r, True)
+        sim.command("limits on")
+        r = pipeline(
+            sim,
+            "events",
+            *windows["events"],
+            workers_for(get_table("events"), args.parallelism),
+            True,
+            args.timeout,
+            0,
+        )
+        print_row(out, "  decoded in-process", "events", r, True)
         sim.command("latency 0")
         for table in ("events", "profiles"):
             workers = args.parallelism or workers_for(get_table(table), None)

@@ -34,22 +34,31 @@ def cpu_s() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+def children_cpu_s() -> float:
+    """CPU of this process's finished children: here, the page-decoding processes."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def run(args: argparse.Namespace) -> dict[str, float]:
     spec = get_table(args.table)
     window = TimeWindow(args.start, args.end)
     stats = ClientStats()
     workdir = Path(tempfile.mkdtemp(prefix="omniload-bench-", dir=args.workdir))
-    stager = ParquetStager(spec, str(workdir / "staging"))
+    stager = ParquetStager(spec, str(workdir / "staging"), processes=args.decode_processes)
     cpu0, t0 = cpu_s(), time.perf_counter()
     with KlaviyoClient(
         args.api_key, base_url=args.base_url, pace=not args.no_pace, max_connections=args.parallelism + 4
     ) as client:
-        batches = client.iter_batches(spec, window, stager.convert, parallelism=args.parallelism, stats=stats)
+        batches = client.iter_batches(
+            spec, window, stager.convert, read=stager.read, parallelism=args.parallelism, stats=stats
+        )
         for batch in batches:
             stager.add(batch)
-    staged = stager.finish(window, stats.as_dict())
+    staged = stager.finish(window, stats.as_dict())  # the decoding processes stop here
     extract_s, extract_cpu = time.perf_counter() - t0, cpu_s() - cpu0
     rss_extract = peak_rss_mb()
+    decoders_cpu = children_cpu_s()
     t1 = time.perf_counter()
     # As the IO manager writes: under OMNILOAD_DUCKDB_MEMORY_LIMIT (default 150MB).
     with open_database(workdir / "bench.duckdb", memory_limit=settings.duckdb_memory_limit()) as conn:
@@ -74,6 +83,8 @@ def run(args: argparse.Namespace) -> dict[str, float]:
         "pacing_wait_s": stats.pacing_wait_s,
         "extract_s": extract_s,
         "extract_cpu_s": extract_cpu,
+        "decoders_cpu_s": decoders_cpu,
+        "decoders_peak_rss_mb": stager.decoders_peak_rss_mb,
         "load_s": load_s,
         "total_s": extract_s + load_s,
         "peak_rss_extract_mb": rss_extract,
@@ -91,6 +102,7 @@ def main() -> None:
     parser.add_argument("--parallelism", type=int, required=True)
     parser.add_argument("--no-pace", action="store_true", help="no client-side pacing (limits lifted)")
     parser.add_argument("--workdir", default=None)
+    parser.add_argument("--decode-processes", type=int, default=None, help="default: the product's")
     print(json.dumps(run(parser.parse_args())), flush=True)
 
 

@@ -1,0 +1,129 @@
+"""Pages decoded by worker processes (``page_processes``) give exactly the rows decoded in-process."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+from collections import Counter
+from datetime import UTC, datetime
+from pathlib import Path
+
+import orjson
+import pyarrow.parquet as pq
+import pytest
+
+from omniload_assets.klaviyo.catalog import get_table
+from omniload_assets.klaviyo.client import ClientStats, KlaviyoClient
+from omniload_assets.klaviyo.page_processes import PageProcesses
+from omniload_assets.klaviyo.pages import PageBatch, PageFormatError, read_page
+from omniload_assets.klaviyo.rows import RowBuilder
+from omniload_assets.klaviyo.windows import TimeWindow
+from omniload_assets.warehouse.staging import ParquetStager
+
+WINDOW = TimeWindow(datetime(2024, 1, 3, tzinfo=UTC), datetime(2024, 1, 8, tzinfo=UTC))
+
+
+def _bodies(simulator, table: str, size: int, pages: int) -> list[bytes]:
+    """The raw bodies of the first ``pages`` pages of ``table``."""
+    spec = get_table(table)
+    with KlaviyoClient(simulator.api_key, base_url=simulator.base_url) as client:
+        params = client.base_params(spec, size)
+        bodies: list[bytes] = []
+        for page in client.iter_pages(spec, params):
+            bodies.append(page.body)
+            if len(bodies) == pages:
+                break
+    return bodies
+
+
+def _drifted(body: bytes) -> bytes:
+    """The page with an attribute the catalogue does not know on its first record."""
+    document = orjson.loads(body)
+    document["data"][0]["attributes"]["brand_new_flag"] = {"nested": [1, 2]}
+    return orjson.dumps(document)
+
+
+@pytest.mark.parametrize("table", ["events", "profiles"])
+def test_worker_rows_equal_in_process_rows(simulator, table: str) -> None:
+    spec = get_table(table)
+    bodies = _bodies(simulator, table, 20, 2)
+    bodies.append(_drifted(bodies[0]))  # takes the general path and gains a column
+    local = RowBuilder(spec)
+    merged = RowBuilder(spec)  # the run's builder, fed the workers' tables
+    processes = PageProcesses(spec, 1)
+    try:
+        for body in bodies:
+            mine = read_page(spec, body)
+            theirs = processes.read(body)
+            assert theirs.table is not None and theirs.keys == mine.keys and theirs.next == mine.next
+            for keep in (None, [2, 3, 4], [0, 5, 19], []):
+                expected = local.page_table(PageBatch(mine, keep))
+                got = merged.page_table(PageBatch(theirs, keep))
+                assert got.select(expected.column_names).equals(expected), (table, keep)
+        assert processes.pages == len(bodies)
+    finally:
+        processes.close()
+    assert "brand_new_flag" in merged.column_types()
+    assert merged.column_types() == local.column_types()
+
+
+def test_a_body_that_is_not_a_page_fails_as_in_process(simulator) -> None:
+    processes = PageProcesses(get_table("events"), 1)
+    try:
+        with pytest.raises(PageFormatError):
+            processes.read(b'{"errors": []}')
+    finally:
+        processes.close()
+
+
+def test_a_killed_worker_leaves_decoding_to_the_run_process(simulator, caplog) -> None:
+    spec = get_table("events")
+    body = _bodies(simulator, "events", 20, 1)[0]
+    processes = PageProcesses(spec, 1)
+    try:
+        processes.wait_started()
+        for pid in list(processes._pool._processes or {}):
+            os.kill(pid, signal.SIGKILL)
+        with caplog.at_level(logging.WARNING):
+            page = processes.read(body)
+            again = processes.read(body)
+        assert page.table is None and page.resources is not None  # decoded here
+        assert again.table is None and not processes.ready
+        assert "page-decoding process died" in caplog.text
+        builder = RowBuilder(spec)
+        assert builder.page_table(PageBatch(page)).num_rows == 20
+    finally:
+        processes.close()
+
+
+def test_staging_through_processes_keeps_every_record_once(simulator, tmp_path: Path) -> None:
+    spec = get_table("events")
+    stager = ParquetStager(spec, str(tmp_path), rows_per_file=100, processes=1)
+    decoders = stager.start_decoders()
+    assert decoders is not None
+    decoders.wait_started()
+    stats = ClientStats()
+    with KlaviyoClient(simulator.api_key, base_url=simulator.base_url) as client:
+        for table in client.iter_batches(
+            spec, WINDOW, stager.convert, read=stager.read, parallelism=4, page_size=25, stats=stats
+        ):
+            stager.add(table)
+    staged = stager.finish(WINDOW, stats.as_dict())
+    assert decoders.pages == stats.pages > 1
+    assert stager.decoders_peak_rss_mb > 0 and not decoders.ready  # stopped, size noted
+    ids = [i for f in staged.files for i in pq.read_table(f, columns=["id"]).column("id").to_pylist()]
+    assert not [i for i, n in Counter(ids).items() if n > 1]
+    assert set(ids) == simulator.ids("events", WINDOW.start, WINDOW.end)
+    assert staged.column_types == RowBuilder(spec).column_types()
+
+
+def test_small_tables_never_start_processes(simulator, tmp_path: Path) -> None:
+    spec = get_table("events")
+    stager = ParquetStager(spec, str(tmp_path), processes=2, processes_after_rows=10**9)
+    with KlaviyoClient(simulator.api_key, base_url=simulator.base_url) as client:
+        for table in client.iter_batches(spec, WINDOW, stager.convert, read=stager.read, page_size=50):
+            stager.add(table)
+    assert stager._decoders is None
+    stager.finish(WINDOW, {})
+    assert stager.decoders_peak_rss_mb == 0
