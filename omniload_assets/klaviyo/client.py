@@ -215,7 +215,6 @@ class KlaviyoClient:
                     body = b"".join(response.iter_bytes()) if status == 200 else response.read()
                 if status == 200:
                     return decode(body)
-                del body
             except httpx.TimeoutException as exc:
                 problem = f"{type(exc).__name__}: no response within timeout_s={self.timeout_s:g}"
                 timed_out = True

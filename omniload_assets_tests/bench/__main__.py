@@ -248,15 +248,8 @@ def main() -> None:
             results[f"limited/{table}"] = r
             print_row(out, f"real limits, P={workers}", table, r, True)
         sim.command("limits on")
-        r = pipeline(
-            sim,
-            "events",
-            *windows["events"],
-            workers_for(get_table("events"), args.parallelism),
-            True,
-            args.timeout,
-            0,
-        )
+        workers = args.parallelism or workers_for(get_table("events"), None)
+        r = pipeline(sim, "events", *windows["events"], workers, True, args.timeout, decode_processes=0)
         print_row(out, "  decoded in-process", "events", r, True)
         sim.command("latency 0")
         for table in ("events", "profiles"):
