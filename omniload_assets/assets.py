@@ -52,6 +52,7 @@ def extract(context: dg.AssetExecutionContext, spec: TableSpec, klaviyo: Klaviyo
                 window,
                 stager.convert,
                 read=stager.read,
+                expect=stager.expect,
                 page_size=klaviyo.page_size,
                 parallelism=klaviyo.extract_parallelism,
                 stats=stats,

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 from collections import Counter
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pyarrow as pa
 
 from omniload_assets.klaviyo.catalog import get_table
 from omniload_assets.klaviyo.client import ClientStats, KlaviyoClient
-from omniload_assets.klaviyo.extraction import TIER_WORKERS, Extraction, workers_for
-from omniload_assets.klaviyo.pages import PageBatch
+from omniload_assets.klaviyo.extraction import MIN_TASK_PAGES, TIER_WORKERS, Extraction, Task, workers_for
+from omniload_assets.klaviyo.pages import PageBatch, RawPage
 from omniload_assets.klaviyo.rows import RowBuilder
 from omniload_assets.klaviyo.windows import TimeWindow
 
@@ -104,3 +104,51 @@ def test_records_tied_on_the_key_across_pages_arrive_once(simulator) -> None:
             ids += [r["id"] for r in batch.records()]
     assert not [i for i, n in Counter(ids).items() if n > 1]
     assert set(ids) == simulator.ids("profiles", window.start, window.end)
+
+
+def _page(start: datetime, seconds_apart: int, n: int) -> RawPage:
+    keys = [(start + timedelta(seconds=i * seconds_apart)).isoformat() for i in range(n)]
+    return RawPage(b"", keys, "https://next.example/page", None, parsed=[{} for _ in keys])
+
+
+def test_hand_overs_leave_pieces_of_several_full_pages() -> None:
+    """A hand-over cuts the rest of a window into pieces the page's density says hold at least
+    MIN_TASK_PAGES full pages each (each task ends on a part-filled page: small pieces cost requests),
+    however many workers are idle."""
+    start = datetime(2024, 1, 1, tzinfo=UTC)
+    extraction = Extraction(
+        None,  # type: ignore[arg-type]  # _step makes no request
+        get_table("events"),
+        TimeWindow(start, start + timedelta(days=1)),
+        page_size=20,
+        parallelism=40,
+        stats=ClientStats(),
+        now=datetime.now(UTC),
+    )
+    extraction._wanted = lambda: 30  # type: ignore[method-assign]
+    task = extraction.tasks[0]
+
+    def pieces_after(seconds: int) -> int:
+        # 20 records, one every 10 s: 2 records a minute; the rest starts at the last key.
+        window = TimeWindow(start, start + timedelta(seconds=190 + seconds))
+        step, _, _ = extraction._step(Task(window, task.variant), _page(start, 10, 20), None)
+        return len(step.handed_over)
+
+    per_piece = MIN_TASK_PAGES * 20 * 10  # seconds of this density a piece must span
+    assert pieces_after(per_piece * 3) == 3  # 30 workers wait, but the rest holds 3 pieces
+    assert pieces_after(per_piece * 2 - 10) == 0  # under two pieces' worth: paged on, not split
+    assert pieces_after(per_piece * 100) == 31  # dense enough for every idle worker and this one
+
+
+def test_the_window_size_is_estimated_once_from_its_first_page(simulator) -> None:
+    spec = get_table("events")
+    told: list[int] = []
+    with KlaviyoClient(simulator.api_key, base_url=simulator.base_url) as client:
+        records = sum(
+            client.iter_batches(
+                spec, WINDOW, PageBatch.size.fget, expect=told.append, parallelism=4, page_size=20
+            )
+        )
+    assert records == len(simulator.ids("events", WINDOW.start, WINDOW.end)) > 100
+    assert len(told) == 1
+    assert records / 3 < told[0] < records * 3  # the simulator's events are spread over the days

@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import orjson
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
@@ -83,14 +84,14 @@ def test_a_killed_worker_leaves_decoding_to_the_run_process(simulator, caplog) -
     processes = PageProcesses(spec, 1)
     try:
         processes.wait_started()
-        for pid in list(processes._pool._processes or {}):
+        for pid in processes.pids:
             os.kill(pid, signal.SIGKILL)
         with caplog.at_level(logging.WARNING):
             page = processes.read(body)
             again = processes.read(body)
         assert page.table is None and page.resources is not None  # decoded here
         assert again.table is None and not processes.ready
-        assert "page-decoding process died" in caplog.text
+        assert "last page-decoding process died" in caplog.text
         builder = RowBuilder(spec)
         assert builder.page_table(PageBatch(page)).num_rows == 20
     finally:
@@ -127,3 +128,18 @@ def test_small_tables_never_start_processes(simulator, tmp_path: Path) -> None:
     assert stager._decoders is None
     stager.finish(WINDOW, {})
     assert stager.decoders_peak_rss_mb == 0
+
+
+def test_a_table_expected_large_starts_processes_at_its_next_page(tmp_path: Path) -> None:
+    stager = ParquetStager(get_table("events"), str(tmp_path), processes=1, processes_after_rows=1_000)
+    no_rows = pa.table({"id": pa.array([], pa.string())})
+    try:
+        stager.expect(999)
+        stager.add(no_rows)
+        assert stager._decoders is None
+        stager.expect(5_000)  # from an extraction thread: the consumer's next add starts them
+        assert stager._decoders is None
+        stager.add(no_rows)
+        assert stager._decoders is not None
+    finally:
+        stager.discard()

@@ -405,6 +405,7 @@ class KlaviyoClient:
         transform: Callable[[PageBatch], T],
         *,
         read: Callable[[bytes], RawPage] | None = None,
+        expect: Callable[[int], None] | None = None,
         page_size: int | None = None,
         parallelism: int = 1,
         stats: ClientStats | None = None,
@@ -412,7 +413,8 @@ class KlaviyoClient:
     ) -> Iterator[T]:
         """Like :meth:`iter_records`, with each page turned into ``transform(batch)`` by the worker
         that fetched it (e.g. ``RowBuilder.page_table``), so no page piles up in memory. ``read``
-        decodes each body (see :meth:`get_page`), e.g. ``ParquetStager.read``."""
+        decodes each body (see :meth:`get_page`), e.g. ``ParquetStager.read``; ``expect`` is told
+        once how many records a dense window seems to hold, e.g. ``ParquetStager.expect``."""
         yield from Extraction(
             self,
             spec,
@@ -423,4 +425,5 @@ class KlaviyoClient:
             now=now or datetime.now(UTC),
             transform=transform,
             read=read,
+            expect=expect,
         )

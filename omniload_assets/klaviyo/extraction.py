@@ -3,10 +3,10 @@
 A window is one *task*. Where the endpoint can filter and sort on the incremental key, a task pages
 in ascending key order, stops as soon as it passes the window's end, and — whenever a worker sits
 idle — hands the rest of its window (from the last key it has seen) to the idle workers as new
-tasks. Dense stretches are thus split as finely as the workers need and sparse ones cost one request,
-with no estimate to get wrong. Records exactly on the hand-over key are left to the new tasks, so
-every record lands in exactly one task. Endpoints that cannot filter on the key are read whole and
-windowed here.
+tasks, as many as the idle workers and no more than the page's density says hold several full pages
+each. Dense stretches are thus split as finely as the workers need and sparse ones cost one request.
+Records exactly on the hand-over key are left to the new tasks, so every record lands in exactly one
+task. Endpoints that cannot filter on the key are read whole and windowed here.
 """
 
 from __future__ import annotations
@@ -29,6 +29,11 @@ if TYPE_CHECKING:
 
 #: A remainder shorter than this is paged through rather than handed over.
 MIN_SPLIT_SPAN = timedelta(seconds=2)
+#: A piece handed over is expected to hold at least this many full pages (from the density of the
+#: page that hands it over): every task ends on a part-filled page, so many small tasks cost
+#: requests (and CPU) for the same records.
+MIN_TASK_PAGES = 4
+UNBOUNDED = 1 << 30
 
 #: Finished pages that may wait for the consumer (each worker may hold one more while it waits).
 OUT_QUEUE_PAGES = 4
@@ -81,6 +86,7 @@ class Extraction:
         now: datetime,
         transform: Callable[[PageBatch], Any] | None = None,
         read: Callable[[bytes], RawPage] | None = None,
+        expect: Callable[[int], None] | None = None,
     ) -> None:
         self.client = client
         self.spec = spec
@@ -90,10 +96,20 @@ class Extraction:
         self.now = now
         self.transform = transform
         self.read = read
+        #: Told once how many records the window seems to hold (from the density of its first page).
+        self.expect = expect
         self.sorted = window is not None and spec.server_side_window
+        #: Records a full page holds (None: the endpoint does not take a page size).
+        self.full_page = (
+            None if spec.max_page_size is None else min(page_size or spec.max_page_size, spec.max_page_size)
+        )
         variants = spec.filter_variants or (None,)
         self.tasks = [Task(window, v) for v in variants]
-        self._lock = threading.Condition()
+        self._lock = threading.Lock()
+        # Two conditions on the one lock, so a freed request slot wakes one waiter for a slot, not
+        # every worker (with 40 workers, waking all cost ~8% of this process's CPU).
+        self._slot_freed = threading.Condition(self._lock)
+        self._work_queued = threading.Condition(self._lock)
         self._idle = 0
         self._pending: deque[Task] = deque()
         self._processing = 0  # pages received and not yet handed on
@@ -142,17 +158,34 @@ class Extraction:
         last = max(dated) if dated else None
         if last is not None and last >= window.end:
             return Step(self._batch(page, kept), []), True, floor  # sorted: nothing further is inside
+        if self.expect is not None and page.next and last is not None:
+            expect, self.expect = self.expect, None  # once, from the first page that tells
+            expect(len(dated) + self._expected(dated, TimeWindow(last, window.end)))
         wanted = self._wanted()
         if page.next and wanted and last is not None and (floor is None or last > floor):
             rest = TimeWindow(last, window.end)
-            if rest.duration >= MIN_SPLIT_SPAN:
+            parts = min(wanted + 1, self._pieces(dated, rest))
+            if rest.duration >= MIN_SPLIT_SPAN and parts > 1:
                 # Records on ``last`` itself are left to the new tasks.
                 before = [i for i in kept if keys[i] is None or keys[i] < last]
-                pieces = [Task(w, task.variant) for w in rest.split(wanted + 1)]
+                pieces = [Task(w, task.variant) for w in rest.split(parts)]
                 return Step(self._batch(page, before), pieces), True, floor
         if last is not None and (floor is None or last > floor):
             floor = last
         return Step(self._batch(page, kept), []), False, floor
+
+    @staticmethod
+    def _expected(dated: list[datetime], rest: TimeWindow) -> int:
+        """Records ``rest`` holds at the density of a page whose records have the keys ``dated``
+        (unbounded when they span no time)."""
+        span = (max(dated) - min(dated)).total_seconds()
+        if span <= 0:
+            return UNBOUNDED
+        return int((len(dated) - 1) / span * rest.duration.total_seconds())
+
+    def _pieces(self, dated: list[datetime], rest: TimeWindow) -> int:
+        """Pieces of :data:`MIN_TASK_PAGES` full pages that ``rest`` holds (see :meth:`_expected`)."""
+        return self._expected(dated, rest) // (MIN_TASK_PAGES * (self.full_page or len(dated)))
 
     @staticmethod
     def _batch(page: RawPage, kept: list[int]) -> PageBatch:
@@ -193,15 +226,16 @@ class Extraction:
     def _acquire_request(self, cancelled: threading.Event) -> None:
         with self._lock:
             while self._in_flight + self._processing >= self._window and not cancelled.is_set():
-                self._lock.wait()
+                self._slot_freed.wait()
             self._in_flight += 1
 
     def _release_request(self, *, received: bool) -> None:
         with self._lock:
             self._in_flight -= 1
             if received:
-                self._processing += 1
-            self._lock.notify_all()
+                self._processing += 1  # the slot stays taken until the page is handed on
+            else:
+                self._slot_freed.notify()
 
     def _settle(self, cancelled: threading.Event) -> None:
         """A page was handed on: adjust the requests allowed in flight (see above)."""
@@ -211,7 +245,12 @@ class Extraction:
                 self._window = max(MIN_IN_FLIGHT, self._window - 1)
             elif self._processing == 0:
                 self._window = min(self.parallelism, self._window + 1)
-            self._lock.notify_all()
+            self._slot_freed.notify(2)  # this page's slot, and one more if the allowance grew
+
+    def _wake_all(self) -> None:
+        with self._lock:
+            self._slot_freed.notify_all()
+            self._work_queued.notify_all()
 
     def _hand_on(self, batch: PageBatch) -> Any:
         """What is handed on for one page: the batch, or ``transform(batch)`` made in the worker
@@ -235,10 +274,10 @@ class Extraction:
             with self._lock:
                 self._idle += 1
                 while not pending and busy > 0 and not cancelled.is_set():
-                    self._lock.wait()
+                    self._work_queued.wait()
                 self._idle -= 1
                 if cancelled.is_set() or not pending:
-                    self._lock.notify_all()
+                    self._work_queued.notify_all()  # no more work: every idle worker ends
                     return None
                 busy += 1
                 return pending.popleft()
@@ -263,7 +302,7 @@ class Extraction:
                             if step.handed_over:
                                 with self._lock:
                                     pending.extend(step.handed_over)
-                                    self._lock.notify_all()
+                                    self._work_queued.notify(len(step.handed_over))
                             self._count(step.batch)
                             batch = self._hand_on(step.batch)
                             del step
@@ -273,9 +312,11 @@ class Extraction:
                     finally:
                         with self._lock:
                             busy -= 1
-                            self._lock.notify_all()
+                            if busy == 0:
+                                self._work_queued.notify_all()  # the idle may find nothing left
             except BaseException as exc:  # handed to the consumer, which raises it
                 cancelled.set()
+                self._wake_all()
                 out.put(exc)
             finally:
                 out.put(None)
@@ -298,8 +339,7 @@ class Extraction:
                     yield item
         finally:
             cancelled.set()
-            with self._lock:
-                self._lock.notify_all()
+            self._wake_all()
             # Drain so workers blocked on a full queue can see the cancellation and exit.
             while any(t.is_alive() for t in threads):
                 try:

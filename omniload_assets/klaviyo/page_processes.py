@@ -5,22 +5,30 @@ as much again as fetching it; with every page decoded in the run's process, that
 at most) capped a backfill at ~30,000 events/s. Here a pool of ``spawn``-ed processes, each with its
 own ``RowBuilder``, turns bodies into rows; the run's process only fetches, reads each page's keys
 and ``links.next`` from the answer, and stages the rows. Rows come back as an Arrow IPC stream (one
-``bytes`` object, read without copying). Starting a process costs about a second of CPU, so a stager
-starts them only once a table proves large (see ``staging.ParquetStager``).
+``bytes`` object, read without copying). Starting a process costs about half a second of CPU, so a
+stager starts them only once a table proves large (see ``staging.ParquetStager``).
+
+Each worker has two pipes of 1 MiB (a body or its rows cross in a write or two), and the fetching
+thread that holds a free worker writes the body and reads the answer itself: no thread in between
+(``ProcessPoolExecutor``'s feeder and manager threads cost ~10% of the run's process's CPU).
 """
 
 from __future__ import annotations
 
+import importlib.abc
 import logging
 import multiprocessing
 import os
+import queue
+import signal
 import sys
 import threading
+import time
 import types
 from collections.abc import Iterator
-from concurrent.futures import Future, ProcessPoolExecutor, wait
-from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
 from typing import Any
 
 import pyarrow as pa
@@ -44,27 +52,44 @@ def default_processes() -> int:
 
 # -- in the worker processes ---------------------------------------------------------------------
 
-_builder: RowBuilder | None = None
+
+class _NoPandas(importlib.abc.MetaPathFinder):
+    """pyarrow imports pandas (~0.3 s of CPU) the first time it converts a list, only to ask
+    whether the list is a pandas object; a worker never has one, so pandas is not found here."""
+
+    def find_spec(self, fullname: str, path: Any, target: Any = None) -> None:
+        if fullname == "pandas":
+            raise ModuleNotFoundError("pandas is not imported by page-decoding processes", name=fullname)
+        return None
 
 
-def _start_worker(spec: TableSpec) -> None:
-    global _builder
-    _builder = RowBuilder(spec)
-
-
-def _ready() -> None:
-    """A no-op: its result says a worker has started (imports done, builder made)."""
-
-
-def _decode(body: bytes) -> tuple[list[Any], Any, bytes, dict[str, str]]:
+def _decode(builder: RowBuilder, body: bytes) -> tuple[list[Any], Any, bytes, dict[str, str]]:
     """A page's raw keys, ``links.next``, rows (Arrow IPC stream) and the extra columns seen so far."""
-    assert _builder is not None, "worker started without its table"
-    page = read_page(_builder.spec, body)
-    table = _builder.page_table(PageBatch(page))
+    page = read_page(builder.spec, body)
+    table = builder.page_table(PageBatch(page))
     sink = pa.BufferOutputStream()
     with pa.ipc.new_stream(sink, table.schema) as writer:
         writer.write_table(table)
-    return page.keys, page.next, sink.getvalue().to_pybytes(), dict(_builder.extra_columns)
+    return page.keys, page.next, sink.getvalue().to_pybytes(), dict(builder.extra_columns)
+
+
+def _serve(spec: TableSpec, bodies: Connection, replies: Connection) -> None:
+    """A worker: answer each of ``bodies`` on ``replies`` with ``("ok", decoded)`` or
+    ``("error", exception)`` until the run's process closes the pipe."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the run's to handle; it closes the pipe
+    sys.meta_path.insert(0, _NoPandas())
+    builder = RowBuilder(spec)
+    replies.send(("ready", None))
+    while True:
+        try:
+            body = bodies.recv_bytes()
+        except (EOFError, OSError):
+            return
+        try:
+            reply: tuple[str, Any] = ("ok", _decode(builder, body))
+        except Exception as exc:  # noqa: BLE001 - raised again in the run's process
+            reply = ("error", exc)
+        replies.send(reply)
 
 
 # -- in the run's process ------------------------------------------------------------------------
@@ -82,7 +107,7 @@ def _no_main_script() -> Iterator[None]:
         sys.modules["__main__"] = main
 
 
-def _peak_rss_mb(pid: int) -> float:
+def _peak_rss_mb(pid: int | None) -> float:
     """A process's peak resident set (Linux ``VmHWM``) in MB; 0 where unknown."""
     try:
         with open(f"/proc/{pid}/status") as status:
@@ -94,55 +119,166 @@ def _peak_rss_mb(pid: int) -> float:
     return 0.0
 
 
+#: Pipe capacity asked for (Linux allows unprivileged processes up to 1 MiB by default). With the
+#: default 64 KiB a page's body (~1.1 MB for 1,000 events) or its rows cross in a dozen writes and
+#: reads, and in this process each one waits its turn at the GIL.
+PIPE_BYTES = 1 << 20
+
+
+def _widen(conn: Connection) -> None:
+    """Ask for :data:`PIPE_BYTES` of pipe capacity; keep the default where that is refused."""
+    if not sys.platform.startswith("linux"):
+        return
+    import fcntl
+
+    for size in (PIPE_BYTES, PIPE_BYTES // 4):
+        try:
+            fcntl.fcntl(conn.fileno(), fcntl.F_SETPIPE_SZ, size)
+            return
+        except OSError:  # above /proc/sys/fs/pipe-max-size
+            continue
+
+
+@dataclass(frozen=True)
+class _Channel:
+    """The run's ends of the two pipes of one worker."""
+
+    to_worker: Connection
+    from_worker: Connection
+
+    def close(self) -> None:
+        self.to_worker.close()
+        self.from_worker.close()
+
+
+class _WorkerDied(Exception):
+    """A worker's pipe broke: the process is gone."""
+
+
 class PageProcesses:
-    """A pool of processes decoding the pages of one table. Thread-safe."""
+    """Processes decoding the pages of one table. Thread-safe."""
 
     def __init__(self, spec: TableSpec, processes: int) -> None:
         self.spec = spec
-        self._pool = ProcessPoolExecutor(
-            processes,
-            mp_context=multiprocessing.get_context("spawn"),  # never fork a process running threads
-            initializer=_start_worker,
-            initargs=(spec,),
-        )
-        with _no_main_script():  # the workers start here, one per submit
-            self._started: list[Future[None]] = [self._pool.submit(_ready) for _ in range(processes)]
-        self._broken = False
+        context = multiprocessing.get_context("spawn")  # never fork a process running threads
+        self._processes: list[multiprocessing.process.BaseProcess] = []
+        self._starting: list[_Channel] = []  # workers not yet ready
+        self._free: queue.SimpleQueue[_Channel | None] = queue.SimpleQueue()
+        with _no_main_script():
+            for i in range(processes):
+                bodies, to_worker = context.Pipe(duplex=False)
+                from_worker, replies = context.Pipe(duplex=False)
+                _widen(to_worker)
+                _widen(replies)
+                process = context.Process(
+                    target=_serve,
+                    args=(spec, bodies, replies),
+                    name=f"omniload-decode-{spec.name}-{i}",
+                    daemon=True,
+                )
+                process.start()
+                bodies.close()
+                replies.close()
+                self._processes.append(process)
+                self._starting.append(_Channel(to_worker, from_worker))
+        self._lock = threading.Lock()
+        self._alive = processes
+        self._ready = 0
         self._closed = False
-        self._count_lock = threading.Lock()
         #: Pages the workers decoded.
         self.pages = 0
         #: Sum of the workers' peak RSS in MB, known once :meth:`close` has run (Linux).
         self.peak_rss_mb = 0.0
 
     @property
+    def pids(self) -> list[int | None]:
+        return [process.pid for process in self._processes]
+
+    @property
     def ready(self) -> bool:
-        """True once every worker has started (until then pages are better decoded in-process)."""
-        return not self._broken and not self._closed and all(f.done() for f in self._started)
+        """True once a worker has started (until then pages are better decoded in-process) and
+        while one lives."""
+        with self._lock:
+            if self._closed or self._alive == 0:
+                return False
+            for channel in [c for c in self._starting if c.from_worker.poll()]:
+                self._starting.remove(channel)
+                try:
+                    channel.from_worker.recv()
+                except (EOFError, OSError):
+                    self._died_locked(channel)
+                else:
+                    self._ready += 1
+                    self._free.put(channel)
+            return self._ready > 0
 
     def wait_started(self, timeout: float | None = None) -> None:
-        """Block until every worker has started (or failed to)."""
-        wait(self._started, timeout)
+        """Block until every worker has started (or failed to), or ``timeout`` seconds passed."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            with self._lock:
+                starting = [c.from_worker for c in self._starting]
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            if not starting or not multiprocessing.connection.wait(starting, left):
+                return
+            _ = self.ready  # takes in the workers that answered
 
     def read(self, body: bytes) -> RawPage:
-        """The page decoded by a worker; in this process if the pool broke (a worker was killed).
-        Raises what ``read_page`` raises for a body that is not a JSON:API page."""
-        if not self._broken:
+        """The page decoded by a worker (waiting for one to start or be free); in this process if
+        none is alive. Raises what ``read_page`` raises for a body that is not a JSON:API page."""
+        if not self.ready:
+            self.wait_started()
+            if not self.ready:
+                return read_page(self.spec, body)
+        channel = self._free.get()
+        if channel is not None:
             try:
-                keys, next_link, stream, columns = self._pool.submit(_decode, body).result()
-            except BrokenProcessPool as exc:
-                if not self._broken:
-                    log.warning("a page-decoding process died (%s); decoding in the run's process", exc)
-                self._broken = True
+                try:
+                    channel.to_worker.send_bytes(body)
+                    status, reply = channel.from_worker.recv()
+                except (EOFError, OSError) as exc:
+                    raise _WorkerDied from exc
+            except _WorkerDied:
+                with self._lock:
+                    self._died_locked(channel)
             else:
-                with self._count_lock:
+                self._free.put(channel)
+                if status == "error":
+                    raise reply
+                keys, next_link, stream, columns = reply
+                with self._lock:
                     self.pages += 1
                 table = pa.ipc.open_stream(stream).read_all()
                 return RawPage(body, keys, next_link, None, table=table, extra_columns=columns)
+        else:
+            self._free.put(None)  # every worker died, or the pool closed: wake the next waiter too
         return read_page(self.spec, body)
 
+    def _died_locked(self, channel: _Channel) -> None:
+        channel.close()
+        self._alive -= 1
+        if self._alive:
+            log.warning("a page-decoding process died; %d left", self._alive)
+        else:
+            log.warning("the last page-decoding process died; pages are decoded in the run's process")
+        if self._alive == 0:
+            self._free.put(None)  # wakes the threads waiting for a worker
+
     def close(self) -> None:
-        """Stop the workers (pages queued and not started are dropped); note their peak RSS."""
-        self._closed = True
-        self.peak_rss_mb = sum(_peak_rss_mb(pid) for pid in list(self._pool._processes or {}))
-        self._pool.shutdown(wait=True, cancel_futures=True)
+        """Stop the workers (they exit when their pipe closes); note their peak RSS."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+        self.peak_rss_mb = sum(_peak_rss_mb(process.pid) for process in self._processes)
+        self._free.put(None)
+        while (channel := self._free.get()) is not None:
+            channel.close()
+        for channel in self._starting:
+            channel.close()
+        self._starting = []
+        for process in self._processes:
+            process.join(timeout=5)
+            if process.is_alive():
+                process.kill()
+                process.join()

@@ -69,6 +69,7 @@ class ParquetStager:
         self.decoders_peak_rss_mb = 0.0
         self.pages_decoded_in_processes = 0
         self._rows_seen = 0
+        self._expected_rows = 0
         self.builder = RowBuilder(spec)
         if base_dir:
             Path(base_dir).mkdir(parents=True, exist_ok=True)
@@ -93,6 +94,11 @@ class ParquetStager:
             self._decoders = PageProcesses(self.spec, self.processes)
         return self._decoders
 
+    def expect(self, records: int) -> None:
+        """A hint that about ``records`` rows are coming (thread-safe): when that is at least
+        ``processes_after_rows``, the next :meth:`add` starts the decoding processes."""
+        self._expected_rows = max(self._expected_rows, records)
+
     def convert(self, batch: PageBatch) -> pa.Table:
         """One page's kept records as an Arrow table of rows (thread-safe)."""
         return self.builder.page_table(batch)
@@ -104,8 +110,8 @@ class ParquetStager:
             self._pending.append(table)
             self._pending_rows += table.num_rows
             self._rows_seen += table.num_rows
-            if self._rows_seen >= self.processes_after_rows:
-                self.start_decoders()
+        if max(self._rows_seen, self._expected_rows) >= self.processes_after_rows:
+            self.start_decoders()
         if self._pending_rows >= self.rows_per_file:
             self.flush()
 

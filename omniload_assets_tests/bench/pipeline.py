@@ -51,7 +51,13 @@ def run(args: argparse.Namespace) -> dict[str, float]:
         args.api_key, base_url=args.base_url, pace=not args.no_pace, max_connections=args.parallelism + 4
     ) as client:
         batches = client.iter_batches(
-            spec, window, stager.convert, read=stager.read, parallelism=args.parallelism, stats=stats
+            spec,
+            window,
+            stager.convert,
+            read=stager.read,
+            expect=stager.expect,
+            parallelism=args.parallelism,
+            stats=stats,
         )
         for batch in batches:
             stager.add(batch)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import bisect
 import multiprocessing
+from array import array
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from typing import Any
@@ -91,10 +92,14 @@ class EventStore:
         #: Serialized base events by index, filled when ``cache`` is on (see :meth:`serialized`).
         self.cache = False
         self._serialized: dict[int, bytes] = {}
+        #: Instants of the base events by index, filled by :meth:`warm`.
+        self._instants: array[int] | None = None
 
     # -- base events ----------------------------------------------------------------------
     def instant(self, i: int) -> int:
         """Epoch µs of base event ``i`` (non-decreasing in ``i``)."""
+        if self._instants is not None:
+            return self._instants[i]
         span = self.end_us - self.start_us
         lo = self.start_us + (i * span) // self.count
         hi = self.start_us + ((i + 1) * span) // self.count
@@ -254,12 +259,15 @@ class EventStore:
         return blob
 
     def warm(self, processes: int = 1, chunk: int = 20_000) -> None:
-        """Turn ``cache`` on and serialize every base event now, in ``processes`` forked workers.
+        """Turn ``cache`` on, compute every base event's instant and serialize every base event now,
+        in ``processes`` forked workers.
 
         Call before the server starts (forking a process that serves threads is unsafe).
         """
         global _WARMING
         self.cache = True
+        if self._instants is None:
+            self._instants = array("q", map(self.instant, range(self.count)))
         todo = [i for i in range(0, self.count, chunk) if i not in self._serialized]
         spans = [(i, min(i + chunk, self.count)) for i in todo]
         if processes <= 1 or len(spans) <= 1:
