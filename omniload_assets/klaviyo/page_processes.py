@@ -192,6 +192,7 @@ class PageProcesses:
 
     @property
     def pids(self) -> list[int | None]:
+        """The workers' process ids."""
         return [process.pid for process in self._processes]
 
     @property

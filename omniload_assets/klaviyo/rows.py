@@ -7,7 +7,7 @@ import re
 import sys
 import threading
 from collections.abc import Iterable, Mapping
-from datetime import datetime
+from datetime import UTC, datetime
 from operator import attrgetter
 from typing import Any
 
@@ -315,7 +315,12 @@ class RowBuilder:
                 else:
                     dumps = orjson.dumps
                     lists = [
-                        None if b is None or b.data is None else dumps([d.id for d in b.data]) for b in bodies
+                        None
+                        if b is None or b.data is None
+                        else dumps([d.id for d in b.data])
+                        if b.data
+                        else b"[]"
+                        for b in bodies
                     ]
                     array = pa.array(lists, pa.binary(), memory_pool=ROWS_POOL).view(pa.string())
                 arrays[self.spec.relationship_column(rel)] = array
@@ -442,8 +447,18 @@ def _related_ids(body: Any) -> Any:
     return None
 
 
+_fromisoformat = datetime.fromisoformat
+
+
 def key_value(value: Any) -> datetime | None:
     """An incremental key's raw value as an aware UTC datetime; ``None`` if absent or unreadable."""
+    if type(value) is str:  # the common case, three times faster than parse_datetime's path
+        try:
+            parsed = _fromisoformat(value)
+        except ValueError:
+            return None
+        if parsed.tzinfo is UTC:
+            return parsed
     try:
         return parse_datetime(value)
     except (ValueError, OverflowError, OSError):

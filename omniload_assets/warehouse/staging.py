@@ -19,6 +19,10 @@ from omniload_assets.klaviyo.windows import TimeWindow
 
 #: Rows per staged file: large enough for fast bulk loads, small enough to bound memory.
 ROWS_PER_FILE = 20_000
+#: Staged files are read once, by the write: LZ4 costs the run's process less than half of zstd's
+#: CPU (1.9 against 4.1 ms a page of 1,000 events) for files three times larger (~150 MB per
+#: million events).
+STAGING_COMPRESSION = "lz4"
 #: Rows a table stages before pages go to decoding processes (starting them costs ~1 s of CPU).
 PROCESSES_AFTER_ROWS = 20_000
 
@@ -87,6 +91,12 @@ class ParquetStager:
             return decoders.read(body)
         return read_page(self.spec, body)
 
+    @property
+    def decoder_pids(self) -> list[int]:
+        """Process ids of the running decoding processes (for monitoring)."""
+        decoders = self._decoders
+        return [] if decoders is None else [pid for pid in decoders.pids if pid is not None]
+
     def start_decoders(self) -> PageProcesses | None:
         """Start the decoding processes now (if ``processes`` allows any); pages go to them once
         they are up. Returns them (None without any)."""
@@ -121,7 +131,7 @@ class ParquetStager:
         # Pages may differ in extra columns: missing ones become NULL (types never differ).
         table = pa.concat_tables(self._pending, promote_options="default", memory_pool=ROWS_POOL)
         path = str(Path(self.directory) / f"part-{len(self.files):06d}.parquet")
-        pq.write_table(table, path, compression="zstd")
+        pq.write_table(table, path, compression=STAGING_COMPRESSION)
         self.files.append(path)
         self.rows_written += table.num_rows
         self._pending = []

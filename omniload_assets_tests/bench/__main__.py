@@ -152,18 +152,20 @@ def print_row(out: IO[str], label: str, table: str, r: dict[str, Any], limited: 
     rate = r["records"] / seconds
     ratio = f"{rate / ceiling(table):6.0%}" if limited else "     -"
     per_core = r["records"] / max(r["extract_cpu_s"] + r["decoders_cpu_s"], 1e-9)
-    rss_extract = r["peak_rss_extract_mb"] + r["decoders_peak_rss_mb"]
+    rss_sum = r["peak_rss_extract_mb"] + r["decoders_peak_rss_mb"]
     out.write(
         f"{label:<22} {table:<9} {r['records']:>9,} {seconds:>7.1f} {rate:>10,.0f} "
         f"{r['requests'] / seconds:>7.1f} {ceiling(table):>9,.0f} {ratio} {r['throttled_server']:>5} "
-        f"{per_core:>10,.0f} {r['load_s']:>6.1f} {rss_extract:>7.0f} {r['peak_rss_mb']:>7.0f}\n"
+        f"{per_core:>10,.0f} {r['load_s']:>6.1f} {r['peak_rss_tree_extract_mb']:>7.0f} {rss_sum:>7.0f} "
+        f"{r['peak_rss_mb']:>7.0f}\n"
     )
     out.flush()
 
 
 HEADER = (
     f"{'scenario':<22} {'table':<9} {'records':>9} {'extr s':>7} {'records/s':>10} {'req/s':>7} "
-    f"{'ceiling':>9} {'ratio':>6} {'429s':>5} {'rec/cpu-s':>10} {'load s':>6} {'RSS ext':>7} {'RSS MB':>7}\n"
+    f"{'ceiling':>9} {'ratio':>6} {'429s':>5} {'rec/cpu-s':>10} {'load s':>6} {'RSS ext':>7} {'RSS sum':>7} "
+    f"{'RSS MB':>7}\n"
 )
 
 
@@ -235,8 +237,10 @@ def main() -> None:
             f"simulator built in {time.perf_counter() - t0:.0f} s: events window {window_start:%Y-%m-%d}.."
             f"{end:%Y-%m-%d} holds {n_events:,}; profiles {start:%Y-%m-%d}..{end:%Y-%m-%d} "
             f"hold {n_profiles:,}\n{measured_latency(sim, window_start, end)}\n"
-            "ceiling: steady limit x page size; 429s: answered by the simulator; rec/cpu-s and RSS ext "
-            f"count the page-decoding processes (default {default_processes()}; RSS: sum of peaks)\n\n"
+            "ceiling: steady limit x page size; 429s: answered by the simulator; rec/cpu-s counts the "
+            f"page-decoding processes (default {default_processes()}); RSS ext: the run's process plus "
+            "its decoding processes during extraction, peak of their sum sampled every 20 ms; RSS sum: "
+            "the sum of each one's own peak (an upper bound); RSS MB: the run's process, merge included\n\n"
         )
         out.write(HEADER)
         windows = {"events": (window_start, end), "profiles": (start, end)}

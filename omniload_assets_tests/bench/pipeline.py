@@ -11,6 +11,7 @@ import argparse
 import json
 import resource
 import tempfile
+import threading
 import time
 from datetime import datetime
 from pathlib import Path
@@ -40,12 +41,44 @@ def children_cpu_s() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+def rss_mb(pid: int | str) -> float:
+    """A process's resident set in MB now (Linux); 0 once it is gone."""
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            return next(int(line.split()[1]) for line in status if line.startswith("VmRSS:")) / 1024
+    except (OSError, StopIteration, ValueError):
+        return 0.0
+
+
+class TreePeak:
+    """Samples this process's RSS plus its decoding processes' every 20 ms: the run's peak at any
+    one moment (the sum of each process's own peak is an upper bound of it)."""
+
+    def __init__(self, stager: ParquetStager) -> None:
+        self.stager = stager
+        self.peak_mb = 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.02):
+            now = rss_mb("self") + sum(rss_mb(pid) for pid in self.stager.decoder_pids)
+            self.peak_mb = max(self.peak_mb, now)
+
+    def stop(self) -> float:
+        self._stop.set()
+        self._thread.join()
+        return self.peak_mb
+
+
 def run(args: argparse.Namespace) -> dict[str, float]:
     spec = get_table(args.table)
     window = TimeWindow(args.start, args.end)
     stats = ClientStats()
     workdir = Path(tempfile.mkdtemp(prefix="omniload-bench-", dir=args.workdir))
     stager = ParquetStager(spec, str(workdir / "staging"), processes=args.decode_processes)
+    tree = TreePeak(stager)
     cpu0, t0 = cpu_s(), time.perf_counter()
     with KlaviyoClient(
         args.api_key, base_url=args.base_url, pace=not args.no_pace, max_connections=args.parallelism + 4
@@ -61,6 +94,7 @@ def run(args: argparse.Namespace) -> dict[str, float]:
         )
         for batch in batches:
             stager.add(batch)
+    peak_tree_extract = tree.stop()
     staged = stager.finish(window, stats.as_dict())  # the decoding processes stop here
     extract_s, extract_cpu = time.perf_counter() - t0, cpu_s() - cpu0
     rss_extract = peak_rss_mb()
@@ -94,6 +128,7 @@ def run(args: argparse.Namespace) -> dict[str, float]:
         "load_s": load_s,
         "total_s": extract_s + load_s,
         "peak_rss_extract_mb": rss_extract,
+        "peak_rss_tree_extract_mb": peak_tree_extract,
         "peak_rss_mb": peak_rss_mb(),
     }
 
