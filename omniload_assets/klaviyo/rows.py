@@ -313,15 +313,7 @@ class RowBuilder:
                     ids = [None if b is None or b.data is None else b.data.id for b in bodies]
                     array = pa.array(ids, pa.string(), memory_pool=ROWS_POOL)
                 else:
-                    dumps = orjson.dumps
-                    lists = [
-                        None
-                        if b is None or b.data is None
-                        else dumps([d.id for d in b.data])
-                        if b.data
-                        else b"[]"
-                        for b in bodies
-                    ]
+                    lists = [None if b is None or b.data is None else _id_list(b.data) for b in bodies]
                     array = pa.array(lists, pa.binary(), memory_pool=ROWS_POOL).view(pa.string())
                 arrays[self.spec.relationship_column(rel)] = array
         except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError):
@@ -445,6 +437,11 @@ def _related_ids(body: Any) -> Any:
     if type(data) is list:  # JSON-encoded by the column's converter
         return [d.get("id") for d in data if isinstance(d, Mapping)]
     return None
+
+
+def _id_list(data: list[Any]) -> bytes:
+    """The ids of a to-many relationship's data as a JSON list (most are empty)."""
+    return orjson.dumps([d.id for d in data]) if data else b"[]"
 
 
 _fromisoformat = datetime.fromisoformat

@@ -23,7 +23,8 @@ ROWS_PER_FILE = 20_000
 #: CPU (1.9 against 4.1 ms a page of 1,000 events) for files three times larger (~150 MB per
 #: million events).
 STAGING_COMPRESSION = "lz4"
-#: Rows a table stages before pages go to decoding processes (starting them costs ~1 s of CPU).
+#: Rows a table stages (or expects) before pages go to decoding processes (starting one costs
+#: ~0.5 s of CPU).
 PROCESSES_AFTER_ROWS = 20_000
 
 
