@@ -47,12 +47,9 @@ def extract(context: dg.AssetExecutionContext, spec: TableSpec, klaviyo: Klaviyo
     try:
         with klaviyo.get_client() as client:
             # Each worker turns its page into an Arrow table, so parsed JSON never piles up.
-            batches = client.iter_batches(
-                spec,
+            batches = stager.batches(
+                client,
                 window,
-                stager.convert,
-                read=stager.read,
-                expect=stager.expect,
                 page_size=klaviyo.page_size,
                 parallelism=klaviyo.extract_parallelism,
                 stats=stats,

@@ -106,9 +106,7 @@ def test_staging_through_processes_keeps_every_record_once(simulator, tmp_path: 
     decoders.wait_started()
     stats = ClientStats()
     with KlaviyoClient(simulator.api_key, base_url=simulator.base_url) as client:
-        for table in client.iter_batches(
-            spec, WINDOW, stager.convert, read=stager.read, parallelism=4, page_size=25, stats=stats
-        ):
+        for table in stager.batches(client, WINDOW, parallelism=4, page_size=25, stats=stats):
             stager.add(table)
     staged = stager.finish(WINDOW, stats.as_dict())
     assert decoders.pages == stats.pages > 1
@@ -123,7 +121,7 @@ def test_small_tables_never_start_processes(simulator, tmp_path: Path) -> None:
     spec = get_table("events")
     stager = ParquetStager(spec, str(tmp_path), processes=2, processes_after_rows=10**9)
     with KlaviyoClient(simulator.api_key, base_url=simulator.base_url) as client:
-        for table in client.iter_batches(spec, WINDOW, stager.convert, read=stager.read, page_size=50):
+        for table in stager.batches(client, WINDOW, page_size=50):
             stager.add(table)
     assert stager._decoders is None
     stager.finish(WINDOW, {})

@@ -5,8 +5,10 @@ from __future__ import annotations
 import gc
 import shutil
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -16,6 +18,9 @@ from omniload_assets.klaviyo.page_processes import PageProcesses, default_proces
 from omniload_assets.klaviyo.pages import PageBatch, RawPage, read_page
 from omniload_assets.klaviyo.rows import ROWS_POOL, RowBuilder, release_free_memory
 from omniload_assets.klaviyo.windows import TimeWindow
+
+if TYPE_CHECKING:
+    from omniload_assets.klaviyo.client import ClientStats, KlaviyoClient
 
 #: Rows per staged file: large enough for fast bulk loads, small enough to bound memory.
 ROWS_PER_FILE = 20_000
@@ -109,6 +114,29 @@ class ParquetStager:
         """A hint that about ``records`` rows are coming (thread-safe): when that is at least
         ``processes_after_rows``, the next :meth:`add` starts the decoding processes."""
         self._expected_rows = max(self._expected_rows, records)
+
+    def batches(
+        self,
+        client: KlaviyoClient,
+        window: TimeWindow | None,
+        *,
+        page_size: int | None = None,
+        parallelism: int = 1,
+        stats: ClientStats | None = None,
+    ) -> Iterator[pa.Table]:
+        """The table's pages in ``window`` as row tables, read, converted and sized the stager's way
+        (``KlaviyoClient.iter_batches`` with :meth:`read`, :meth:`convert` and :meth:`expect`); pass
+        each to :meth:`add`."""
+        return client.iter_batches(
+            self.spec,
+            window,
+            self.convert,
+            read=self.read,
+            expect=self.expect,
+            page_size=page_size,
+            parallelism=parallelism,
+            stats=stats,
+        )
 
     def convert(self, batch: PageBatch) -> pa.Table:
         """One page's kept records as an Arrow table of rows (thread-safe)."""

@@ -83,16 +83,7 @@ def run(args: argparse.Namespace) -> dict[str, float]:
     with KlaviyoClient(
         args.api_key, base_url=args.base_url, pace=not args.no_pace, max_connections=args.parallelism + 4
     ) as client:
-        batches = client.iter_batches(
-            spec,
-            window,
-            stager.convert,
-            read=stager.read,
-            expect=stager.expect,
-            parallelism=args.parallelism,
-            stats=stats,
-        )
-        for batch in batches:
+        for batch in stager.batches(client, window, parallelism=args.parallelism, stats=stats):
             stager.add(batch)
     peak_tree_extract = tree.stop()
     staged = stager.finish(window, stats.as_dict())  # the decoding processes stop here
