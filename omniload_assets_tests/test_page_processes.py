@@ -6,6 +6,7 @@ import logging
 import os
 import signal
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -141,3 +142,19 @@ def test_a_table_expected_large_starts_processes_at_its_next_page(tmp_path: Path
         assert stager._decoders is not None
     finally:
         stager.discard()
+
+
+def test_threads_sharing_a_worker_each_get_their_own_page(simulator) -> None:
+    """A worker holds two pages at once (the next crosses the pipe while it decodes one): answers
+    must reach the threads in the order their bodies went."""
+    spec = get_table("events")
+    bodies = _bodies(simulator, "events", 20, 12)
+    processes = PageProcesses(spec, 1)
+    try:
+        processes.wait_started()
+        with ThreadPoolExecutor(8) as pool:
+            pages = list(pool.map(processes.read, bodies * 3))
+        assert [p.keys for p in pages] == [read_page(spec, b).keys for b in bodies * 3]
+        assert all(p.table is not None for p in pages) and processes.pages == len(bodies) * 3
+    finally:
+        processes.close()

@@ -8,8 +8,9 @@ and ``links.next`` from the answer, and stages the rows. Rows come back as an Ar
 ``bytes`` object, read without copying). Starting a process costs about half a second of CPU, so a
 stager starts them only once a table proves large (see ``staging.ParquetStager``).
 
-Each worker has two pipes of 1 MiB (a body or its rows cross in a write or two), and the fetching
-thread that holds a free worker writes the body and reads the answer itself: no thread in between
+Each worker has two pipes of 1 MiB (a body or its rows cross in a write or two) and takes up to
+``PAGES_PER_WORKER`` pages at once, answering in order, so the next body crosses while it decodes;
+the fetching thread writes its body and reads its answer itself, with no thread in between
 (``ProcessPoolExecutor``'s feeder and manager threads cost ~10% of the run's process's CPU).
 """
 
@@ -27,7 +28,6 @@ import time
 import types
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Any
 
@@ -139,12 +139,54 @@ def _widen(conn: Connection) -> None:
             continue
 
 
-@dataclass(frozen=True)
-class _Channel:
-    """The run's ends of the two pipes of one worker."""
+#: Pages a worker may hold at once: the next body crosses the pipe while the worker decodes.
+PAGES_PER_WORKER = 2
 
-    to_worker: Connection
-    from_worker: Connection
+
+class _Channel:
+    """The run's ends of the two pipes of one worker. Answers come in the order bodies went."""
+
+    def __init__(self, to_worker: Connection, from_worker: Connection) -> None:
+        self.to_worker = to_worker
+        self.from_worker = from_worker
+        self.dead = False  # counted as dead by the pool
+        self._broken = False
+        self._sending = threading.Lock()
+        self._turn = threading.Condition()
+        self._sent = 0
+        self._answered = 0
+
+    def exchange(self, body: bytes) -> tuple[str, Any]:
+        """Send ``body`` and wait for its answer; :class:`_WorkerDied` if the pipe broke."""
+        with self._sending:
+            ticket = self._sent
+            self._sent += 1
+            try:
+                if self._broken:
+                    raise _WorkerDied
+                self.to_worker.send_bytes(body)
+            except OSError as exc:
+                self._break()
+                raise _WorkerDied from exc
+        with self._turn:
+            while self._answered != ticket and not self._broken:
+                self._turn.wait()
+            try:
+                if self._broken:
+                    raise _WorkerDied
+                answer: tuple[str, Any] = self.from_worker.recv()
+            except (EOFError, OSError) as exc:
+                self._broken = True
+                raise _WorkerDied from exc
+            finally:
+                self._answered += 1
+                self._turn.notify_all()
+        return answer
+
+    def _break(self) -> None:
+        with self._turn:
+            self._broken = True
+            self._turn.notify_all()
 
     def close(self) -> None:
         self.to_worker.close()
@@ -210,7 +252,8 @@ class PageProcesses:
                     self._died_locked(channel)
                 else:
                     self._ready += 1
-                    self._free.put(channel)
+                    for _ in range(PAGES_PER_WORKER):
+                        self._free.put(channel)
             return self._ready > 0
 
     def wait_started(self, timeout: float | None = None) -> None:
@@ -234,11 +277,7 @@ class PageProcesses:
         channel = self._free.get()
         if channel is not None:
             try:
-                try:
-                    channel.to_worker.send_bytes(body)
-                    status, reply = channel.from_worker.recv()
-                except (EOFError, OSError) as exc:
-                    raise _WorkerDied from exc
+                status, reply = channel.exchange(body)
             except _WorkerDied:
                 with self._lock:
                     self._died_locked(channel)
@@ -256,6 +295,9 @@ class PageProcesses:
         return read_page(self.spec, body)
 
     def _died_locked(self, channel: _Channel) -> None:
+        if channel.dead:  # its other pages' threads saw it too
+            return
+        channel.dead = True
         channel.close()
         self._alive -= 1
         if self._alive:
