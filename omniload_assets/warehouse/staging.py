@@ -57,9 +57,9 @@ class ParquetStager:
 
     Rows wait as Arrow tables (compact, columnar), never as Python dicts; pass :meth:`read` and
     :meth:`convert` to the client (``KlaviyoClient.iter_batches``) to have the fetching workers
-    decode pages and build rows. Once ``processes_after_rows`` rows are staged, ``processes`` worker
-    processes decode the pages instead (``page_processes``; default: ``default_processes()``, 0:
-    never).
+    decode pages and build rows. Once ``processes_after_rows`` rows are staged (or :meth:`expect`
+    says they will be), ``processes`` worker processes decode the pages instead
+    (``page_processes``; default: ``default_processes()``, 0: never). :meth:`batches` wires it all.
     """
 
     def __init__(
