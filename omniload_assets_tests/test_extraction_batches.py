@@ -9,7 +9,14 @@ import pyarrow as pa
 
 from omniload_assets.klaviyo.catalog import get_table
 from omniload_assets.klaviyo.client import ClientStats, KlaviyoClient
-from omniload_assets.klaviyo.extraction import MIN_TASK_PAGES, TIER_WORKERS, Extraction, Task, workers_for
+from omniload_assets.klaviyo.extraction import (
+    MIN_TASK_PAGES,
+    START_IN_FLIGHT,
+    TIER_WORKERS,
+    Extraction,
+    Task,
+    workers_for,
+)
 from omniload_assets.klaviyo.pages import PageBatch, RawPage
 from omniload_assets.klaviyo.rows import RowBuilder
 from omniload_assets.klaviyo.windows import TimeWindow
@@ -152,3 +159,22 @@ def test_the_window_size_is_estimated_once_from_its_first_page(simulator) -> Non
     assert records == len(simulator.ids("events", WINDOW.start, WINDOW.end)) > 100
     assert len(told) == 1
     assert records / 3 < told[0] < records * 3  # the simulator's events are spread over the days
+
+
+def test_requests_allowed_in_flight_at_the_start_are_the_callers_to_raise() -> None:
+    def allowed(start_in_flight: int | None, parallelism: int = 40) -> int:
+        extraction = Extraction(
+            None,  # type: ignore[arg-type]  # no request is made
+            get_table("events"),
+            WINDOW,
+            page_size=None,
+            parallelism=parallelism,
+            start_in_flight=start_in_flight,
+            stats=ClientStats(),
+            now=datetime.now(UTC),
+        )
+        return extraction._window
+
+    assert allowed(None) == START_IN_FLIGHT < 40  # pages decoded here: grow with the CPU
+    assert allowed(40) == 40  # pages decoded elsewhere: every worker's request at once
+    assert allowed(40, parallelism=12) == 12  # never more than the workers

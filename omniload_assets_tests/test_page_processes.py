@@ -129,6 +129,44 @@ def test_small_tables_never_start_processes(simulator, tmp_path: Path) -> None:
     assert stager.decoders_peak_rss_mb == 0
 
 
+def test_a_fast_endpoints_table_starts_processes_with_its_first_request(simulator, tmp_path: Path) -> None:
+    """Events (58,000 records/s at the limits) do not wait for a page to prove them large; their
+    workers' requests may all go at once. Profiles (1,250/s) start as any table does."""
+    seen: dict[str, object] = {}
+
+    class Client:  # records what the stager asks of the client, before any request
+        def iter_batches(self, spec, window, transform, **kwargs):  # noqa: ANN001, ANN202
+            seen.update(kwargs)
+            return iter(())
+
+    events = ParquetStager(get_table("events"), str(tmp_path), processes=1)
+    try:
+        events.batches(Client(), WINDOW, parallelism=40)  # type: ignore[arg-type]
+        assert events._decoders is not None
+        assert seen["start_in_flight"] == 40
+    finally:
+        events.discard()
+    profiles = ParquetStager(get_table("profiles"), str(tmp_path), processes=1)
+    profiles.batches(Client(), WINDOW, parallelism=8)  # type: ignore[arg-type]
+    assert profiles._decoders is None and seen["start_in_flight"] is None
+    never = ParquetStager(get_table("events"), str(tmp_path), processes=0)
+    never.batches(Client(), WINDOW, parallelism=40)  # type: ignore[arg-type]
+    assert never._decoders is None and seen["start_in_flight"] is None
+    # Against the simulator: once the processes are up, they decode every page.
+    stager = ParquetStager(get_table("events"), str(tmp_path), processes=1)
+    stats = ClientStats()
+    with KlaviyoClient(simulator.api_key, base_url=simulator.base_url) as client:
+        batches = stager.batches(client, WINDOW, parallelism=4, page_size=25, stats=stats)
+        assert stager._decoders is not None
+        stager._decoders.wait_started()
+        for table in batches:
+            stager.add(table)
+    staged = stager.finish(WINDOW, stats.as_dict())
+    assert staged.stats["pages_decoded_in_processes"] == stats.pages > 1
+    assert staged.rows == len(simulator.ids("events", WINDOW.start, WINDOW.end))
+    staged.cleanup()
+
+
 def test_a_table_expected_large_starts_processes_at_its_next_page(tmp_path: Path) -> None:
     stager = ParquetStager(get_table("events"), str(tmp_path), processes=1, processes_after_rows=1_000)
     no_rows = pa.table({"id": pa.array([], pa.string())})

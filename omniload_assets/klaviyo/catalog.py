@@ -74,6 +74,18 @@ class TableSpec:
         """True when the API can apply at least the lower bound of a window itself."""
         return bool(self.filter_operators & {GE, GT})
 
+    def page_size(self, requested: int | None = None) -> int | None:
+        """Records a full page holds: ``requested`` capped by the endpoint's largest page (None:
+        the endpoint takes no page size)."""
+        if self.max_page_size is None:
+            return None
+        return min(requested or self.max_page_size, self.max_page_size)
+
+    @property
+    def ceiling(self) -> float:
+        """Records/s the endpoint serves at its steady rate limit with its largest page."""
+        return self.rate_limit.steady_per_min / 60 * (self.max_page_size or 1)
+
     def relationship_column(self, relationship: str) -> str:
         suffix = "_id" if self.relationships.get(relationship, "one") == "one" else "_ids"
         return relationship.replace("-", "_") + suffix

@@ -367,8 +367,8 @@ class KlaviyoClient:
 
     def base_params(self, spec: TableSpec, page_size: int | None = None) -> dict[str, str]:
         params = dict(spec.params)
-        if spec.max_page_size is not None:
-            size = min(page_size or spec.max_page_size, spec.max_page_size)
+        size = spec.page_size(page_size)
+        if size is not None:
             params["page[size]"] = str(size)
         return params
 
@@ -408,19 +408,22 @@ class KlaviyoClient:
         expect: Callable[[int], None] | None = None,
         page_size: int | None = None,
         parallelism: int = 1,
+        start_in_flight: int | None = None,
         stats: ClientStats | None = None,
         now: datetime | None = None,
     ) -> Iterator[T]:
         """Like :meth:`iter_records`, with each page turned into ``transform(batch)`` by the worker
         that fetched it (e.g. ``RowBuilder.page_table``), so no page piles up in memory. ``read``
         decodes each body (see :meth:`get_page`), e.g. ``ParquetStager.read``; ``expect`` is told
-        once how many records a dense window seems to hold, e.g. ``ParquetStager.expect``."""
+        once how many records a dense window seems to hold, e.g. ``ParquetStager.expect``;
+        ``start_in_flight`` lets that many requests go at once from the start (see ``extraction``)."""
         yield from Extraction(
             self,
             spec,
             window,
             page_size=page_size,
             parallelism=parallelism,
+            start_in_flight=start_in_flight,
             stats=stats or ClientStats(),
             now=now or datetime.now(UTC),
             transform=transform,

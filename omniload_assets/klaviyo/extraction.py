@@ -39,7 +39,8 @@ UNBOUNDED = 1 << 30
 OUT_QUEUE_PAGES = 4
 #: Pages waiting for the CPU at once that shrink the requests allowed in flight (see ``_settle``).
 MAX_PROCESSING = 2
-#: Requests allowed in flight at the start, and at least.
+#: Requests allowed in flight at the start (unless the caller says its pages cost this process
+#: little, see ``ParquetStager.batches``), and at least.
 START_IN_FLIGHT, MIN_IN_FLIGHT = 8, 2
 
 #: Concurrent requests that keep an endpoint of each rate-limit tier at its limits when a largest
@@ -82,6 +83,7 @@ class Extraction:
         *,
         page_size: int | None,
         parallelism: int,
+        start_in_flight: int | None = None,
         stats: ClientStats,
         now: datetime,
         transform: Callable[[PageBatch], Any] | None = None,
@@ -100,9 +102,7 @@ class Extraction:
         self.expect = expect
         self.sorted = window is not None and spec.server_side_window
         #: Records a full page holds (None: the endpoint does not take a page size).
-        self.full_page = (
-            None if spec.max_page_size is None else min(page_size or spec.max_page_size, spec.max_page_size)
-        )
+        self.full_page = spec.page_size(page_size)
         variants = spec.filter_variants or (None,)
         self.tasks = [Task(window, v) for v in variants]
         self._lock = threading.Lock()
@@ -114,7 +114,8 @@ class Extraction:
         self._pending: deque[Task] = deque()
         self._processing = 0  # pages received and not yet handed on
         self._in_flight = 0  # requests started and not yet returned
-        self._window = min(self.parallelism, START_IN_FLIGHT)  # requests allowed in flight
+        # Requests allowed in flight (see ``_acquire_request``).
+        self._window = min(self.parallelism, start_in_flight or START_IN_FLIGHT)
 
     # -- one task --------------------------------------------------------------------------------
 
@@ -221,7 +222,8 @@ class Extraction:
     # started anyway only add parsed pages waiting for the CPU (memory grows with the workers, not
     # the throughput). So requests in flight plus pages in the works stay under an allowance that
     # starts at START_IN_FLIGHT, grows by one whenever a page is handed on with no other page in
-    # the works, and shrinks by one when pages queue for the CPU.
+    # the works, and shrinks by one when pages queue for the CPU. A caller whose pages are decoded
+    # elsewhere (by worker processes) may start it higher: its pages cost this process little.
 
     def _acquire_request(self, cancelled: threading.Event) -> None:
         with self._lock:

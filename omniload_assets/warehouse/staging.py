@@ -126,7 +126,16 @@ class ParquetStager:
     ) -> Iterator[pa.Table]:
         """The table's pages in ``window`` as row tables, read, converted and sized the stager's way
         (``KlaviyoClient.iter_batches`` with :meth:`read`, :meth:`convert` and :meth:`expect`); pass
-        each to :meth:`add`."""
+        each to :meth:`add`.
+
+        Whether a table is large is known from its first page, and decoding processes started then
+        are up (~0.3 s) only after the pages that page hands over are back: decoded here meanwhile,
+        they slow the start. So a table whose endpoint can serve ``processes_after_rows`` records
+        within a second (events: 58,000/s) starts its processes with its first request (while it
+        waits, on another CPU), and lets every worker's request go at once, as its pages cost this
+        process little."""
+        if self.spec.ceiling >= self.processes_after_rows:
+            self.start_decoders()
         return client.iter_batches(
             self.spec,
             window,
@@ -135,6 +144,7 @@ class ParquetStager:
             expect=self.expect,
             page_size=page_size,
             parallelism=parallelism,
+            start_in_flight=parallelism if self._decoders is not None else None,
             stats=stats,
         )
 

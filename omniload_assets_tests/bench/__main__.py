@@ -143,8 +143,7 @@ def measured_latency(sim: Simulator, start: datetime, end: datetime, pages: int 
 
 def ceiling(table: str) -> float:
     """Records/s at the endpoint's steady rate limit with its largest page."""
-    spec = get_table(table)
-    return spec.rate_limit.steady_per_min / 60 * (spec.max_page_size or 1)
+    return get_table(table).ceiling
 
 
 def print_row(out: IO[str], label: str, table: str, r: dict[str, Any], limited: bool) -> None:
