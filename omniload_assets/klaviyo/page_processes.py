@@ -75,21 +75,24 @@ def _decode(builder: RowBuilder, body: bytes) -> tuple[list[Any], Any, bytes, di
 
 def _serve(spec: TableSpec, bodies: Connection, replies: Connection) -> None:
     """A worker: answer each of ``bodies`` on ``replies`` with ``("ok", decoded)`` or
-    ``("error", exception)`` until the run's process closes the pipe."""
+    ``("error", exception)`` until the run's process closes either pipe."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the run's to handle; it closes the pipe
     sys.meta_path.insert(0, _NoPandas())
     builder = RowBuilder(spec)
-    replies.send(("ready", None))
-    while True:
-        try:
-            body = bodies.recv_bytes()
-        except (EOFError, OSError):
-            return
-        try:
-            reply: tuple[str, Any] = ("ok", _decode(builder, body))
-        except Exception as exc:  # noqa: BLE001 - raised again in the run's process
-            reply = ("error", exc)
-        replies.send(reply)
+    try:
+        replies.send(("ready", None))
+        while True:
+            try:
+                body = bodies.recv_bytes()
+            except EOFError:
+                return
+            try:
+                reply: tuple[str, Any] = ("ok", _decode(builder, body))
+            except Exception as exc:  # noqa: BLE001 - raised again in the run's process
+                reply = ("error", exc)
+            replies.send(reply)
+    except OSError:  # a broken pipe: the run is over (it may end before this process is up)
+        return
 
 
 # -- in the run's process ------------------------------------------------------------------------
