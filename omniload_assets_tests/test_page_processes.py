@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import multiprocessing
 import os
 import signal
 from collections import Counter
@@ -196,3 +197,43 @@ def test_threads_sharing_a_worker_each_get_their_own_page(simulator) -> None:
         assert all(p.table is not None for p in pages) and processes.pages == len(bodies) * 3
     finally:
         processes.close()
+
+
+def test_a_worker_reads_bodies_into_one_buffer_unless_one_is_still_held() -> None:
+    """Bodies of any size arrive whole in ``Connection.send_bytes``'s framing; the buffer is reused
+    only once nothing holds a view of the last body (a ``msgspec.Raw`` does)."""
+    import msgspec
+
+    from omniload_assets.klaviyo.page_processes import PIPE_BYTES, _Bodies
+
+    receiving, sending = multiprocessing.get_context("spawn").Pipe(duplex=False)
+    sizes = [0, 10, 70_000, 3 * PIPE_BYTES, 5]
+
+    def send() -> None:
+        for n in sizes:
+            sending.send_bytes(bytes([n % 251]) * n)
+        sending.close()
+
+    with ThreadPoolExecutor(1) as pool:
+        sent = pool.submit(send)
+        bodies = _Bodies(receiving)
+        for n in sizes:
+            body = bodies.next()
+            assert body is not None and body.tobytes() == bytes([n % 251]) * n
+            bodies.done(body)
+        assert bodies.next() is None  # the sender closed the pipe
+        sent.result()
+    receiving.close()
+    reader, writer = multiprocessing.get_context("spawn").Pipe(duplex=False)
+    bodies = _Bodies(reader)
+    writer.send_bytes(b'{"a": [1, 2]}')
+    writer.send_bytes(b'{"a": [3, 4]}')
+    first = bodies.next()
+    assert first is not None
+    held = msgspec.json.decode(first, type=dict[str, msgspec.Raw])["a"]
+    bodies.done(first)  # a Raw still points into the buffer: the next body gets a new one
+    second = bodies.next()
+    assert second is not None and second.tobytes() == b'{"a": [3, 4]}'
+    assert bytes(held) == b"[1, 2]"
+    writer.close()
+    reader.close()
