@@ -91,8 +91,10 @@ class _Bodies:
         if header is None:
             return None
         (size,) = struct.unpack("!i", header)
-        if size == -1:  # over 2 GiB
-            (size,) = struct.unpack("!Q", self._exactly(8) or b"")
+        if size == -1 and (header := self._exactly(8)) is not None:  # over 2 GiB
+            (size,) = struct.unpack("!Q", header)
+        if size < 0:
+            raise EOFError("the run's process closed the pipe within a body's size")
         if size > len(self._buffer):
             self._buffer = bytearray(size)
         body = memoryview(self._buffer)[:size]
