@@ -77,8 +77,9 @@ def _decode(builder: RowBuilder, body: bytes | memoryview) -> tuple[list[Any], A
 
 class _Bodies:
     """The bodies the run's process sends (``Connection.send_bytes``'s framing), read into one
-    buffer this worker keeps: a fresh megabyte for each body, as ``recv_bytes`` gives, cost ~1 ms a
-    page of page faults and copies (~15% of a worker's CPU)."""
+    buffer this worker keeps: with a fresh megabyte for each body, as ``recv_bytes`` gives (page
+    faults and two copies), a worker spent 6.6-6.9 ms of CPU a page of 1,000 events, against
+    4.8-5.5 ms with the kept buffer (measured by hand, 300 pages)."""
 
     def __init__(self, conn: Connection) -> None:
         self._file = io.FileIO(conn.fileno(), "rb", closefd=False)
