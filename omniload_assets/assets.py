@@ -9,7 +9,7 @@ from omniload_assets import progress, settings
 from omniload_assets.klaviyo.catalog import TABLES, TableSpec
 from omniload_assets.klaviyo.client import ClientStats
 from omniload_assets.klaviyo.resource import KlaviyoResource
-from omniload_assets.partitions import daily_partitions, run_window
+from omniload_assets.partitions import WindowConfig, daily_partitions, run_window
 from omniload_assets.warehouse.staging import ParquetStager, StagedTable
 
 IO_MANAGER_KEY = "klaviyo_duckdb"
@@ -36,9 +36,11 @@ def column_schema(spec: TableSpec) -> dg.TableSchema:
     )
 
 
-def extract(context: dg.AssetExecutionContext, spec: TableSpec, klaviyo: KlaviyoResource) -> StagedTable:
+def extract(
+    context: dg.AssetExecutionContext, spec: TableSpec, klaviyo: KlaviyoResource, config: WindowConfig
+) -> StagedTable:
     """Page through the table's window and stage its rows as Parquet."""
-    window = run_window(context)
+    window = run_window(context, config)
     stats = ClientStats()
     stager = ParquetStager(spec, settings.env("OMNILOAD_STAGING_DIR"), processes=klaviyo.decode_processes)
     started = time.monotonic()
@@ -102,8 +104,10 @@ def build_asset(spec: TableSpec, partitions_def: dg.PartitionsDefinition | None)
         # extract the same endpoint at once, so each run's pacing holds the account's rate limit.
         pool=f"{KEY_PREFIX}_{spec.asset_name}",
     )
-    def _asset(context: dg.AssetExecutionContext, klaviyo: KlaviyoResource) -> StagedTable:
-        return extract(context, spec, klaviyo)
+    def _asset(
+        context: dg.AssetExecutionContext, klaviyo: KlaviyoResource, config: WindowConfig
+    ) -> StagedTable:
+        return extract(context, spec, klaviyo, config)
 
     return _asset
 

@@ -5,9 +5,51 @@ from __future__ import annotations
 from datetime import UTC, datetime, time
 
 import dagster as dg
+from pydantic import Field
 
 from omniload_assets import settings
 from omniload_assets.klaviyo.windows import TimeWindow
+
+
+class RunWindowError(ValueError):
+    """A run's window cannot be used; the message says what to change."""
+
+
+class WindowConfig(dg.Config):
+    """A window for a run that carries no partition.
+
+    A partitioned run loads its partitions' days. A run without partitions loads this window, or
+    everything when it is empty: ``omniload ingest`` uses it when no Dagster home keeps the run,
+    so a range of years costs one materialization instead of one per day.
+    """
+
+    start: str | None = Field(
+        default=None,
+        description="First UTC instant to load (ISO 8601, e.g. 2024-01-01T00:00:00Z), inclusive. Only for "
+        "runs without a partition; leave empty in partitioned runs.",
+    )
+    end: str | None = Field(
+        default=None,
+        description="UTC instant to load up to, exclusive. Set together with start.",
+    )
+
+    def window(self) -> TimeWindow | None:
+        if self.start is None and self.end is None:
+            return None
+        if self.start is None or self.end is None:
+            raise RunWindowError("set both start and end of the window config, or neither")
+        start, end = _instant(self.start, "start"), _instant(self.end, "end")
+        if end <= start:
+            raise RunWindowError(f"window end {self.end!r} is not after start {self.start!r}")
+        return TimeWindow(start, end)
+
+
+def _instant(text: str, name: str) -> datetime:
+    try:
+        parsed = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise RunWindowError(f"window {name} {text!r} is not an ISO 8601 date or datetime") from None
+    return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
 
 
 def daily_partitions() -> dg.DailyPartitionsDefinition:
@@ -19,12 +61,17 @@ def daily_partitions() -> dg.DailyPartitionsDefinition:
     )
 
 
-def run_window(context: dg.AssetExecutionContext) -> TimeWindow | None:
-    """The ``[start, end)`` a run covers: one day, a backfill's whole range, or None (unpartitioned)."""
-    # A range run's tags reach every asset of the run; unpartitioned ones still read everything.
+def run_window(context: dg.AssetExecutionContext, config: WindowConfig) -> TimeWindow | None:
+    """The ``[start, end)`` a run covers: its partitions' days, the config's window, or None (all)."""
+    partitioned_run = context.has_partition_key or context.has_partition_key_range
+    window = config.window()
     if context.assets_def.partitions_def is None:
+        if window is not None:
+            raise RunWindowError(f"{context.asset_key.to_user_string()} is replaced whole: it takes no window")
         return None
-    if not context.has_partition_key and not context.has_partition_key_range:
-        return None
-    window = context.partition_time_window
-    return TimeWindow(window.start.astimezone(UTC), window.end.astimezone(UTC))
+    if not partitioned_run:
+        return window
+    if window is not None:
+        raise RunWindowError("a partitioned run loads its partitions' days: leave the window config empty")
+    days = context.partition_time_window
+    return TimeWindow(days.start.astimezone(UTC), days.end.astimezone(UTC))

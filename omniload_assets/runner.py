@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import date
+from datetime import UTC, date, datetime, time, timedelta
 
 import dagster as dg
 
@@ -27,6 +27,14 @@ def partition_range_tags(first_day: date, last_day: date) -> dict[str, str]:
     return {RANGE_START_TAG: first_day.isoformat(), RANGE_END_TAG: last_day.isoformat()}
 
 
+def window_run_config(assets: Sequence[dg.AssetsDefinition], first_day: date, last_day: date) -> dict:
+    """Run config giving each partitioned asset the window ``first_day`` .. ``last_day`` (whole days)."""
+    start = datetime.combine(first_day, time(), UTC)
+    end = datetime.combine(last_day + timedelta(days=1), time(), UTC)
+    window = {"start": start.isoformat(), "end": end.isoformat()}
+    return {"ops": {a.op.name: {"config": window} for a in assets if a.partitions_def is not None}}
+
+
 def materialize_tables(
     defs: dg.Definitions,
     tables: Sequence[TableSpec],
@@ -37,19 +45,34 @@ def materialize_tables(
     resources: Mapping[str, object] | None = None,
     raise_on_error: bool = True,
     run_config: Mapping[str, object] | None = None,
+    partition_status: bool | None = None,
 ) -> list[RunOutcome]:
-    """One run for the partitioned tables over ``[first_day, last_day]``, one for the rest.
+    """Load ``tables`` over ``[first_day, last_day]``.
+
+    With ``partition_status`` (default: when ``instance`` keeps its history), the partitioned tables
+    run as one partition-range run, so Dagster records each day as materialized, and the rest in a
+    second run. Without it, all tables go in one run that gives the partitioned ones the range as
+    their window config: Dagster then records one materialization per table instead of two events
+    per day, which a throw-away (ephemeral) instance would only discard (1,800 days: 0.02 s
+    instead of 5-30 s; README, Performance).
 
     ``run_config`` goes to every run as it is (the CLI uses it to quieten Dagster's console logger).
     """
     if last_day < first_day:
         raise ValueError(f"the range ends ({last_day}) before it starts ({first_day})")
+    if partition_status is None:
+        partition_status = instance.is_persistent
     assets = [defs.get_assets_def(asset_key(t)) for t in tables]
-    partitioned = [a for a in assets if a.partitions_def is not None]
-    whole = [a for a in assets if a.partitions_def is None]
     res = dict(resources) if resources is not None else dict(defs.resources or {})
+    base_config = dict(run_config or {})
+    if partition_status:
+        partitioned = [a for a in assets if a.partitions_def is not None]
+        whole = [a for a in assets if a.partitions_def is None]
+        runs = [(partitioned, partition_range_tags(first_day, last_day), base_config), (whole, {}, base_config)]
+    else:
+        runs = [(assets, {}, {**base_config, **window_run_config(assets, first_day, last_day)})]
     outcomes: list[RunOutcome] = []
-    for group, tags in ((partitioned, partition_range_tags(first_day, last_day)), (whole, {})):
+    for group, tags, config in runs:
         if not group:
             continue
         result = dg.materialize(
@@ -58,7 +81,7 @@ def materialize_tables(
             instance=instance,
             tags=tags,
             raise_on_error=raise_on_error,
-            run_config=dict(run_config) if run_config is not None else None,
+            run_config=config or None,
         )
         for a in group:
             outcomes.append(RunOutcome(a.key.path[-1], result.success, result.run_id))

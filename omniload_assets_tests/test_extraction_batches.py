@@ -118,33 +118,37 @@ def _page(start: datetime, seconds_apart: int, n: int) -> RawPage:
     return RawPage(b"", keys, "https://next.example/page", None, parsed=[{} for _ in keys])
 
 
-def test_hand_overs_leave_pieces_of_several_full_pages() -> None:
+def test_hand_overs_leave_pieces_of_several_full_pages_unless_the_rest_is_small() -> None:
     """A hand-over cuts the rest of a window into pieces the page's density says hold at least
     MIN_TASK_PAGES full pages each (each task ends on a part-filled page: small pieces cost requests),
-    however many workers are idle."""
+    however many workers are idle; a rest the workers would get through in MIN_TASK_PAGES rounds
+    anyway is cut into pieces of one full page (there rounds of latency decide the time)."""
     start = datetime(2024, 1, 1, tzinfo=UTC)
+    workers = 8
     extraction = Extraction(
         None,  # type: ignore[arg-type]  # _step makes no request
         get_table("events"),
         TimeWindow(start, start + timedelta(days=1)),
         page_size=20,
-        parallelism=40,
+        parallelism=workers,
         stats=ClientStats(),
         now=datetime.now(UTC),
     )
-    extraction._wanted = lambda: 30  # type: ignore[method-assign]
+    extraction._wanted = lambda: 40  # type: ignore[method-assign]
     task = extraction.tasks[0]
 
-    def pieces_after(seconds: int) -> int:
-        # 20 records, one every 10 s: 2 records a minute; the rest starts at the last key.
-        window = TimeWindow(start, start + timedelta(seconds=190 + seconds))
+    def pieces_after(pages: int) -> int:
+        # 20 records a page, one every 10 s: the rest (from the last key) holds one page a 200 s.
+        window = TimeWindow(start, start + timedelta(seconds=190 + pages * 200))
         step, _, _ = extraction._step(Task(window, task.variant), _page(start, 10, 20), None)
         return len(step.handed_over)
 
-    per_piece = MIN_TASK_PAGES * 20 * 10  # seconds of this density a piece must span
-    assert pieces_after(per_piece * 3) == 3  # 30 workers wait, but the rest holds 3 pieces
-    assert pieces_after(per_piece * 2 - 10) == 0  # under two pieces' worth: paged on, not split
-    assert pieces_after(per_piece * 100) == 31  # dense enough for every idle worker and this one
+    small = workers * MIN_TASK_PAGES  # pages the workers get through in MIN_TASK_PAGES rounds
+    assert pieces_after(5) == 5  # a small rest: a piece a page
+    assert pieces_after(small) == small
+    assert pieces_after(small + MIN_TASK_PAGES * 2) == small // MIN_TASK_PAGES + 2  # pieces of 4 pages
+    assert pieces_after(1) == 0  # under two pages: paged on, not split
+    assert pieces_after(MIN_TASK_PAGES * 100) == 41  # dense enough for every idle worker and this one
 
 
 def test_the_window_size_is_estimated_once_from_its_first_page(simulator) -> None:

@@ -185,8 +185,15 @@ class Extraction:
         return int((len(dated) - 1) / span * rest.duration.total_seconds())
 
     def _pieces(self, dated: list[datetime], rest: TimeWindow) -> int:
-        """Pieces of :data:`MIN_TASK_PAGES` full pages that ``rest`` holds (see :meth:`_expected`)."""
-        return self._expected(dated, rest) // (MIN_TASK_PAGES * (self.full_page or len(dated)))
+        """Pieces of :data:`MIN_TASK_PAGES` full pages that ``rest`` holds (see :meth:`_expected`);
+        of one full page when the workers would get through it in :data:`MIN_TASK_PAGES` rounds anyway.
+
+        The second case is the end of every window and all of a small one (40,000 events: 2.3 ->
+        1.4 s at 80 ms + 0.25 ms a record, for at most one request more per idle worker): there
+        latency rounds, not requests, decide the time.
+        """
+        pages = self._expected(dated, rest) // (self.full_page or len(dated))
+        return pages if pages <= self.parallelism * MIN_TASK_PAGES else pages // MIN_TASK_PAGES
 
     @staticmethod
     def _batch(page: RawPage, kept: list[int]) -> PageBatch:

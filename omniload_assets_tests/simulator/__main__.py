@@ -27,6 +27,13 @@ def _parser() -> argparse.ArgumentParser:
         default=0.0,
         help="simulate serving time (optionally a multiplier)",
     )
+    parser.add_argument(
+        "--latency-model",
+        type=_latency_model,
+        default=None,
+        metavar="BASE_MS,PER_RECORD_MS",
+        help="serving time of a request, e.g. 80,0.25 (80 ms plus 0.25 ms a record); implies --latency",
+    )
     parser.add_argument("--no-rate-limits", action="store_true", help="lift Klaviyo's rate limits")
     parser.add_argument("--api-key", default="pk_test_simulator")
     parser.add_argument("--start", type=_instant, default=None, help="first instant of the data (ISO 8601)")
@@ -40,6 +47,11 @@ def _parser() -> argparse.ArgumentParser:
         help="build every record before serving (optionally in N processes); for benchmarks",
     )
     return parser
+
+
+def _latency_model(text: str) -> tuple[float, float]:
+    base_ms, per_record_ms = (float(part) for part in text.split(","))
+    return base_ms / 1000, per_record_ms / 1000
 
 
 def _instant(text: str) -> datetime:
@@ -60,7 +72,8 @@ def main() -> None:
         api_key=args.api_key,
         scale=scale or None,
         rate_limits=not args.no_rate_limits,
-        latency=args.latency,
+        latency=args.latency or args.latency_model is not None,
+        latency_model=args.latency_model,
         port=args.port,
         **{name: getattr(args, name) for name in ("start", "end") if getattr(args, name) is not None},
     )

@@ -327,6 +327,9 @@ class Api:
             return 0.0
         with self.stats_lock:
             jitter = self._latency_rng.random()
+        if self.sim.latency_model is not None:
+            base, per_record = self.sim.latency_model  # per-record time jittered by +-50% around its mean
+            return factor * (base + n * per_record * (0.5 + jitter))
         return factor * (0.02 + n * (0.00018 + 0.0004 * jitter))
 
     # -- parameters ---------------------------------------------------------------------
