@@ -67,7 +67,8 @@ def run_window(context: dg.AssetExecutionContext, config: WindowConfig) -> TimeW
     window = config.window()
     if context.assets_def.partitions_def is None:
         if window is not None:
-            raise RunWindowError(f"{context.asset_key.to_user_string()} is replaced whole: it takes no window")
+            name = context.asset_key.to_user_string()
+            raise RunWindowError(f"{name} is replaced whole: it takes no window")
         return None
     if not partitioned_run:
         return window

@@ -68,7 +68,8 @@ def materialize_tables(
     if partition_status:
         partitioned = [a for a in assets if a.partitions_def is not None]
         whole = [a for a in assets if a.partitions_def is None]
-        runs = [(partitioned, partition_range_tags(first_day, last_day), base_config), (whole, {}, base_config)]
+        range_tags = partition_range_tags(first_day, last_day)
+        runs = [(partitioned, range_tags, base_config), (whole, {}, base_config)]
     else:
         runs = [(assets, {}, {**base_config, **window_run_config(assets, first_day, last_day)})]
     outcomes: list[RunOutcome] = []

@@ -26,6 +26,10 @@ ENV_VARS: dict[str, tuple[str | None, str]] = {
     "OMNILOAD_REPLACE_CRON": ("0 3 * * *", "cron (UTC) of the replace tables' refresh: daily"),
     "OMNILOAD_SENSOR_INTERVAL": ("300", "seconds between the change sensor's ticks"),
     "OMNILOAD_FRESHNESS_HOURS": ("48", "freshness check's max age, hours; per table: 48,metrics=720"),
+    "OMNILOAD_EXECUTOR": (
+        "in_process",
+        "how a run's steps execute: in_process (one process, tables one after another) or multiprocess",
+    ),
     "OMNILOAD_ASSET_OWNERS": (None, "owners of the 15 assets, comma-separated: team:data,me@example.com"),
 }
 
@@ -190,6 +194,17 @@ def freshness_max_age_hours(table: str) -> float:
     if parsed <= 0:
         raise SettingsError(f"OMNILOAD_FRESHNESS_HOURS={raw!r}: hours must be positive")
     return parsed
+
+
+EXECUTORS = ("in_process", "multiprocess")
+
+
+def executor_name() -> str:
+    """``OMNILOAD_EXECUTOR``: ``in_process`` or ``multiprocess``."""
+    value = env_str("OMNILOAD_EXECUTOR").strip().lower().replace("-", "_")
+    if value not in EXECUTORS:
+        raise SettingsError(f"OMNILOAD_EXECUTOR={value!r} is not one of {', '.join(EXECUTORS)}")
+    return value
 
 
 def asset_owners() -> list[str]:

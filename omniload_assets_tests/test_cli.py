@@ -20,6 +20,7 @@ from omniload_assets.klaviyo.client import ClientStats
 from omniload_assets.klaviyo.errors import KlaviyoAuthError
 from omniload_assets.progress import BarDisplay, LogDisplay, NullDisplay
 from omniload_assets.warehouse.writer import qualified_name
+from omniload_assets_tests.conftest import SIM_END, SIM_START, assert_tables_match_simulator
 
 OMNILOAD = Path(sys.executable).parent / "omniload"
 FLAGS = (
@@ -193,6 +194,151 @@ def test_a_rejected_key_fails_with_a_one_line_reason(run, simulator, tmp_path) -
     assert result.stdout == ""
 
 
+# -- several tables in one command --------------------------------------------------------------
+
+
+@pytest.mark.parametrize("instance", ["ephemeral", "dagster_home"])
+def test_several_tables_load_in_one_command_with_a_summary_line_each(
+    run, simulator, tmp_path, instance
+) -> None:
+    env = {"KLAVIYO_API_KEY": simulator.api_key, "KLAVIYO_BASE_URL": simulator.base_url}
+    if instance == "dagster_home":  # two runs: the partitioned tables, then the rest
+        (tmp_path / "dagster_home").mkdir()
+        env["DAGSTER_HOME"] = str(tmp_path / "dagster_home")
+    result = run(
+        "ingest",
+        "--source-table",
+        "events,tags",
+        "--dest-uri",
+        "duckdb:///klaviyo.duckdb",
+        "--interval-start",
+        "2024-01-03",
+        "--interval-end",
+        "2024-01-05",
+        env=env,
+    )
+    assert result.returncode == 0, result.stderr
+    database = tmp_path / "klaviyo.duckdb"
+    events, tags = ids_in(database, "klaviyo", "events"), ids_in(database, "klaviyo", "tags")
+    assert not [i for i, n in Counter(events + tags).items() if n > 1]
+    assert set(events) == simulator.ids("events", utc(2024, 1, 3), utc(2024, 1, 5))
+    assert set(events) != simulator.ids("events")  # the interval held some events out
+    assert set(tags) == simulator.ids("tags")  # replaced whole: the interval does not apply
+    assert tables_in(database) == {"klaviyo.events", "klaviyo.tags"}
+    assert "events, tags 2024-01-03..2024-01-04 (2 days; tags replaced whole) -> schema klaviyo" in (
+        result.stderr
+    )
+    lines = result.stdout.splitlines()
+    assert len(lines) == 2
+    assert lines[0].startswith(f"omniload: loaded events into klaviyo.events in {database}: ")
+    assert f": {len(events):,} rows written" in lines[0]
+    assert lines[1].startswith(f"omniload: loaded tags into klaviyo.tags in {database}: ")
+    assert f": {len(tags):,} rows written" in lines[1]
+    if instance == "dagster_home":
+        with dg.DagsterInstance.from_config(env["DAGSTER_HOME"]) as home:
+            assert len(home.get_runs()) == 2
+
+
+def test_all_loads_the_15_tables_each_as_the_simulator_holds_it(run, simulator, tmp_path) -> None:
+    database = tmp_path / "warehouse" / "klaviyo.duckdb"
+    result = run(
+        "ingest",
+        "--source-table",
+        "all",
+        "--dest-uri",
+        str(database),
+        "--interval-start",
+        SIM_START.date().isoformat(),  # the simulator's whole (10-day) history
+        "--interval-end",
+        SIM_END.date().isoformat(),
+        "--progress",
+        "off",
+        env={"KLAVIYO_API_KEY": simulator.api_key, "KLAVIYO_BASE_URL": simulator.base_url},
+    )
+    assert result.returncode == 0, result.stderr
+    assert_tables_match_simulator(database, simulator, TABLES)
+    assert tables_in(database) == {f"klaviyo.{t.asset_name}" for t in TABLES}
+    lines = result.stdout.splitlines()
+    assert [line.split()[2] for line in lines] == [t.name for t in TABLES]  # omniload: loaded <table>
+    for line, spec in zip(lines, TABLES, strict=True):
+        assert line.startswith(f"omniload: loaded {spec.name} into klaviyo.{spec.asset_name} in {database}: ")
+        assert "rows written" in line and "?" not in line.split(":")[2]
+
+
+def test_a_failed_table_among_several_is_named(run, simulator, tmp_path) -> None:
+    simulator.set_fault("429", retry_after=6 * 3600, path="tags")  # a daily quota: fails at once
+    result = run(
+        "ingest",
+        "--source-table",
+        "events,tags",
+        "--dest-uri",
+        "duckdb:///klaviyo.duckdb",
+        "--interval-start",
+        "2024-01-03",
+        "--interval-end",
+        "2024-01-04",
+        env={"KLAVIYO_API_KEY": simulator.api_key, "KLAVIYO_BASE_URL": simulator.base_url},
+    )
+    line = assert_one_line_error(result, 1)
+    assert line.startswith("omniload: error: ingest of tags failed:")
+    assert "quota is exhausted" in line
+    assert result.stdout == ""
+
+
+def test_a_list_of_tables_is_deduplicated_in_order(monkeypatch) -> None:
+    monkeypatch.setenv("KLAVIYO_API_KEY", "pk_x")
+    monkeypatch.delenv("OMNILOAD_DUCKDB_SCHEMA", raising=False)
+    now = utc(2024, 3, 1)
+    args = ["ingest", "--interval-start", "2024-01-01", "--dest-uri", "/data/x.duckdb", "--source-table"]
+    plan = plan_ingest(build_parser().parse_args([*args, "catalog_items, events,catalog-items,"]), now=now)
+    assert [s.name for s in plan.specs] == ["catalog-items", "events"]
+    assert (plan.schema, plan.tables) == ("klaviyo", ("catalog_items", "events"))
+    plan = plan_ingest(build_parser().parse_args([*args, "events,profiles,tags"]), now=now)
+    assert plan.describe() == (
+        "events, profiles, tags 2024-01-01..2024-02-29 (60 days; tags replaced whole) "
+        "-> schema klaviyo in /data/x.duckdb"
+    )
+    plan = plan_ingest(build_parser().parse_args([*args, "tags,coupons"]), now=now)
+    assert (
+        plan.describe()
+        == "tags, coupons (replaced whole; the interval does not apply) -> schema klaviyo in /data/x.duckdb"
+    )
+    assert plan_ingest(build_parser().parse_args([*args, "all"]), now=now).specs == tuple(TABLES)
+    assert plan_ingest(build_parser().parse_args([*args, "tags,all"]), now=now).specs[0].name == "tags"
+    # One table: as before, with the destination table in the line.
+    plan = plan_ingest(build_parser().parse_args([*args, "events", "--dest-table", "dest.ev"]), now=now)
+    assert (
+        plan.describe() == "events 2024-01-01..2024-02-29 (60 daily partitions) -> dest.ev in /data/x.duckdb"
+    )
+
+
+def test_dest_table_with_several_tables_is_a_usage_error_and_writes_nothing(run, tmp_path) -> None:
+    result = run(
+        "ingest",
+        "--source-table",
+        "events,profiles",
+        "--dest-table",
+        "dest.events",
+        "--dest-uri",
+        "duckdb:///klaviyo.duckdb",
+        env={"KLAVIYO_API_KEY": "pk_x", "OMNILOAD_DUCKDB_SCHEMA": "raw"},
+    )
+    line = assert_one_line_error(result, 2)
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert "--dest-table names one table's destination" in line
+    assert "keep their own names, in schema 'raw'" in line
+    assert result.stdout == ""
+    assert list(tmp_path.iterdir()) == []  # no DuckDB file, no staging
+
+
+def test_an_unknown_table_in_a_list_is_named(run) -> None:
+    result = run("ingest", "--source-table", "events,evnts,tags", env={"KLAVIYO_API_KEY": "pk_x"})
+    line = assert_one_line_error(result, 2)
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert "unknown --source-table 'evnts'" in line
+    assert all(t.name in line for t in TABLES)
+
+
 # -- usage errors: one line, status 2, before Dagster is even loaded -----------------------------
 
 
@@ -206,6 +352,12 @@ BAD_FLAGS: dict[str, tuple[list[str], dict[str, str], str]] = {
     "not-duckdb": ([*EVENTS, "--dest-uri", "postgres://h/db"], KEY, "not a DuckDB destination"),
     "parallelism": ([*EVENTS, "--extract-parallelism", "0"], KEY, "from 1 to 64"),
     "dest-table": ([*EVENTS, "--dest-table", "a.b.c"], KEY, "must be schema.table"),
+    "dest-table-several": (
+        ["--source-table", "events,tags", "--dest-table", "x"],
+        KEY,
+        "--dest-table names one table's destination",
+    ),
+    "unknown-in-list": (["--source-table", "events, evnts"], KEY, "unknown --source-table 'evnts'"),
     "reversed": (
         [*EVENTS, "--interval-start", "2024-02-01", "--interval-end", "2024-01-01"],
         KEY,
@@ -268,7 +420,7 @@ def test_the_interval_defaults_to_the_start_date_until_now(monkeypatch) -> None:
     now = utc(2024, 5, 6, 7, 8)
     plan = plan_ingest(build_parser().parse_args(["ingest", "--source-table", "events"]), now=now)
     assert (plan.first_day, plan.last_day) == (date(2024, 3, 1), date(2024, 5, 6))
-    assert (plan.schema, plan.table, plan.api_key) == ("klaviyo", "events", "pk_x")
+    assert (plan.schema, plan.tables, plan.api_key) == ("klaviyo", ("events",), "pk_x")
     args = [
         "ingest",
         "--source-table",

@@ -10,15 +10,11 @@ Every measured run is a separate process; the simulator is another, built before
 from __future__ import annotations
 
 import argparse
-import contextlib
-import json
 import os
 import platform
-import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import IO, Any
@@ -26,59 +22,10 @@ from typing import IO, Any
 from omniload_assets.klaviyo.catalog import get_table
 from omniload_assets.klaviyo.extraction import workers_for
 from omniload_assets.klaviyo.page_processes import default_processes
+from omniload_assets_tests.bench import entry_points
+from omniload_assets_tests.bench.simclient import Simulator, run_json, start_simulator
 
 HERE = Path(__file__).resolve().parent
-
-
-@dataclass
-class Simulator:
-    """The simulator process and its command pipe."""
-
-    process: subprocess.Popen[str]
-    url: str
-    api_key: str
-
-    def command(self, line: str) -> dict[str, Any]:
-        stdin, stdout = self.process.stdin, self.process.stdout
-        assert stdin is not None and stdout is not None
-        stdin.write(line + "\n")
-        stdin.flush()
-        return json.loads(stdout.readline())
-
-    def close(self) -> None:
-        with contextlib.suppress(OSError, ValueError):
-            self.command("quit")
-        try:
-            self.process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-
-
-def start_simulator(events: int, profiles: int, start: datetime, end: datetime) -> Simulator:
-    cmd = [
-        sys.executable,
-        "-m",
-        "omniload_assets_tests.bench.simserver",
-        f"--events={events}",
-        f"--profiles={profiles}",
-        f"--start={start.isoformat()}",
-        f"--end={end.isoformat()}",
-        "--latency=1",
-        f"--warm={max(1, os.cpu_count() or 1)}",
-    ]
-    process = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-    assert process.stdout is not None
-    hello = json.loads(process.stdout.readline())
-    return Simulator(process, hello["url"], hello["api_key"])
-
-
-def run_json(cmd: list[str], timeout: float, env: dict[str, str] | None = None) -> dict[str, Any]:
-    """Run a measured process and parse the JSON line it prints last."""
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, check=False)
-    lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
-    if done.returncode != 0 or not lines:
-        raise RuntimeError(f"{' '.join(cmd[:4])} failed ({done.returncode}):\n{done.stderr[-3000:]}")
-    return json.loads(lines[-1])
 
 
 def pipeline(
@@ -216,6 +163,11 @@ def main() -> None:
     parser.add_argument("--merge-rows", type=int, default=1_000_000)
     parser.add_argument("--compare-days", type=int, default=2, help="days of events for the ingestr run")
     parser.add_argument("--timeout", type=float, default=600, help="seconds allowed per measured run")
+    parser.add_argument(
+        "--entry-points-only",
+        action="store_true",
+        help="only the commands users run (omniload ingest, ingestr, dagster asset materialize)",
+    )
     args = parser.parse_args()
     out = sys.stdout
     end = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
@@ -227,13 +179,20 @@ def main() -> None:
         f"load average {os.getloadavg()[0]:.1f} at start\n"
     )
     t0 = time.perf_counter()
+    ingestr = str(Path(args.ingestr_python).absolute()) if args.ingestr_python else None
+    entry_points.run(out, ingestr, args.timeout)
+    if args.entry_points_only:
+        out.write(f"\nbenchmark wall time {time.perf_counter() - t0:.0f} s\n")
+        return
+    out.write("\nthe pipeline alone (extract, stage, merge in one process, no Dagster run):\n")
+    t1 = time.perf_counter()
     sim = start_simulator(args.events, args.profiles, start, end)
     work = tempfile.mkdtemp(prefix="omniload-bench-")
     try:
         n_events = sim.command(f"count events {window_start.isoformat()} {end.isoformat()}")["count"]
         n_profiles = sim.command(f"count profiles {start.isoformat()} {end.isoformat()}")["count"]
         out.write(
-            f"simulator built in {time.perf_counter() - t0:.0f} s: events window {window_start:%Y-%m-%d}.."
+            f"simulator built in {time.perf_counter() - t1:.0f} s: events window {window_start:%Y-%m-%d}.."
             f"{end:%Y-%m-%d} holds {n_events:,}; profiles {start:%Y-%m-%d}..{end:%Y-%m-%d} "
             f"hold {n_profiles:,}\n{measured_latency(sim, window_start, end)}\n"
             "ceiling: steady limit x page size; 429s: answered by the simulator; rec/cpu-s counts the "

@@ -1,6 +1,6 @@
 """Run ingestr 0.14.x's Klaviyo events source against the simulator (its own venv runs this file).
 
-Not imported by the product: ``python ingestr_run.py BASE_URL API_KEY START DUCKDB PARALLELISM``.
+Not imported by the product: ``python ingestr_run.py BASE_URL API_KEY START DUCKDB PARALLELISM [END]``.
 Patched inside this process only: ingestr's module-level ``BASE_URL`` (to the simulator), the
 ``revision`` header (ingestr pins 2024-07-15; the simulator serves only 2026-10-15, and events have
 the same shape in both), and the filter datetimes' ``+00:00`` sent unencoded (arrives as a space;
@@ -22,6 +22,7 @@ REVISION = "2026-10-15"
 
 def main() -> None:
     base_url, api_key, start, database, parallelism = sys.argv[1:6]
+    end = ["--interval-end", sys.argv[6]] if len(sys.argv) > 6 else []
     import ingestr.src.klaviyo as source
     import ingestr.src.klaviyo.client as client
     import ingestr.src.klaviyo.helpers as helpers
@@ -59,6 +60,7 @@ def main() -> None:
             start,
             "--extract-parallelism",
             parallelism,
+            *end,
             "--progress",
             "log",
             "--yes",
