@@ -31,16 +31,25 @@ def build_resources() -> dict[str, dg.ConfigurableResource | dg.ConfigurableIOMa
 
 
 def build_executor() -> dg.ExecutorDefinition:
-    """In process unless ``OMNILOAD_EXECUTOR=multiprocess``.
+    """Dagster's default executor, but in process unless ``OMNILOAD_EXECUTOR=multiprocess``.
 
     A step process re-imports the code location (1.5-2 s of CPU each, two per table with its checks):
     for one table that was more than half of a `dagster asset materialize` (7.7 -> 3.4 s), and on
-    2 cores 30 of them made up most of a 15-table run. In process, tables run one after another,
-    each with its own worker threads (README, Performance).
+    2 cores 30 of them made up most of a 15-table run. In process, the tables of a run go one after
+    another, each with its own worker threads (README, Performance). Run config still picks either
+    (``execution: {config: {multiprocess: {...}}}``), as with Dagster's default.
     """
-    if settings.executor_name() == "multiprocess":
-        return dg.multiprocess_executor
-    return dg.in_process_executor
+    default = {settings.executor_name(): {}}
+    return dg.multi_or_in_process_executor.configured(
+        lambda config: config or default,
+        name="multi_or_in_process_executor",
+        config_schema=dg.Field(
+            dg.Permissive(),
+            default_value={},
+            description="multiprocess: {...} or in_process: {...}, as Dagster's default executor takes; "
+            f"empty: {settings.executor_name()} (OMNILOAD_EXECUTOR)",
+        ),
+    )
 
 
 def build_definitions() -> dg.Definitions:

@@ -37,14 +37,10 @@ def test_assets_carry_owners_from_the_environment(sim_env, monkeypatch) -> None:
         build_definitions()
 
 
-def test_runs_execute_in_process_unless_the_environment_says_multiprocess(sim_env, monkeypatch) -> None:
-    from omniload_assets.automation import INCREMENTAL_JOB
+def test_an_unknown_executor_is_refused_naming_the_choices(sim_env, monkeypatch) -> None:
     from omniload_assets.definitions import build_definitions
     from omniload_assets.settings import SettingsError
 
-    assert build_definitions().get_job_def(INCREMENTAL_JOB).executor_def.name == "in_process"
-    monkeypatch.setenv("OMNILOAD_EXECUTOR", "multiprocess")
-    assert build_definitions().get_job_def(INCREMENTAL_JOB).executor_def.name == "multiprocess"
     monkeypatch.setenv("OMNILOAD_EXECUTOR", "threads")
     with pytest.raises(SettingsError, match="'threads' is not one of in_process, multiprocess"):
         build_definitions()

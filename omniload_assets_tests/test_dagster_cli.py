@@ -77,6 +77,21 @@ def test_materialize_a_partition_range_in_one_run(cli_env, simulator, db_path, t
     assert result.stderr.count("RUN_START") == 1
 
 
+@pytest.mark.parametrize(
+    ("executor", "said"), [(None, "Executing steps in process"), ("multiprocess", "multiprocess")]
+)
+def test_runs_are_in_process_unless_the_environment_says_multiprocess(
+    cli_env, simulator, db_path, tmp_path, executor, said
+) -> None:
+    env = {**cli_env, **({"OMNILOAD_EXECUTOR": executor} if executor else {})}
+    args = ["asset", "materialize", "-m", "omniload_assets", "--select", "klaviyo/tags"]
+    result = dagster(env, *args, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert said in result.stderr
+    assert ("STEP_WORKER_STARTING" in result.stderr) == (executor == "multiprocess")
+    assert set(table_ids(db_path, "tags")) == simulator.ids("tags")
+
+
 def test_multiprocess_executor_writes_all_tables_to_one_file(cli_env, simulator, db_path, tmp_path) -> None:
     """Fifteen step processes write one DuckDB file at once: lock waits, no lock errors, all complete."""
     config = tmp_path / "run_config.yaml"
