@@ -36,7 +36,7 @@ $(INGESTR_VENV)/bin/ingestr:  # a throw-away venv: ingestr is no dependency of t
 	$(INGESTR_VENV)/bin/pip install --quiet --upgrade pip
 	$(INGESTR_VENV)/bin/pip install --quiet 'ingestr>=0.14,<0.15'
 
-bench: install $(INGESTR_VENV)/bin/ingestr  ## throughput vs rate limits, memory, merge speed, and ingestr 0.14 (~6 min)
+bench: install $(INGESTR_VENV)/bin/ingestr  ## the commands users run vs ingestr 0.14, then throughput, memory, merge speed (~7 min)
 	DISABLE_TELEMETRY=1 $(BIN)/python -m omniload_assets_tests.bench --ingestr-python $(INGESTR_VENV)/bin/python
 
 soak: install  ## a few minutes of syncs under faults and changing data; DuckDB must match every round

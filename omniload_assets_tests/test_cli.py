@@ -197,6 +197,14 @@ def test_a_rejected_key_fails_with_a_one_line_reason(run, simulator, tmp_path) -
 # -- several tables in one command --------------------------------------------------------------
 
 
+def ingest_events_and_tags(
+    run, start: str, end: str, env: dict[str, str]
+) -> subprocess.CompletedProcess[str]:
+    """``omniload ingest --source-table events,tags`` into ``klaviyo.duckdb`` over ``[start, end)``."""
+    args = ["--dest-uri", "duckdb:///klaviyo.duckdb", "--interval-start", start, "--interval-end", end]
+    return run("ingest", "--source-table", "events,tags", *args, env=env)
+
+
 @pytest.mark.parametrize("instance", ["ephemeral", "dagster_home"])
 def test_several_tables_load_in_one_command_with_a_summary_line_each(
     run, simulator, tmp_path, instance
@@ -205,18 +213,7 @@ def test_several_tables_load_in_one_command_with_a_summary_line_each(
     if instance == "dagster_home":  # two runs: the partitioned tables, then the rest
         (tmp_path / "dagster_home").mkdir()
         env["DAGSTER_HOME"] = str(tmp_path / "dagster_home")
-    result = run(
-        "ingest",
-        "--source-table",
-        "events,tags",
-        "--dest-uri",
-        "duckdb:///klaviyo.duckdb",
-        "--interval-start",
-        "2024-01-03",
-        "--interval-end",
-        "2024-01-05",
-        env=env,
-    )
+    result = ingest_events_and_tags(run, "2024-01-03", "2024-01-05", env)
     assert result.returncode == 0, result.stderr
     database = tmp_path / "klaviyo.duckdb"
     events, tags = ids_in(database, "klaviyo", "events"), ids_in(database, "klaviyo", "tags")
@@ -237,6 +234,9 @@ def test_several_tables_load_in_one_command_with_a_summary_line_each(
     if instance == "dagster_home":
         with dg.DagsterInstance.from_config(env["DAGSTER_HOME"]) as home:
             assert len(home.get_runs()) == 2
+            # Its UI shows each day as materialized.
+            days = home.get_materialized_partitions(dg.AssetKey(["klaviyo", "events"]))
+            assert days == {"2024-01-03", "2024-01-04"}
 
 
 def test_all_loads_the_15_tables_each_as_the_simulator_holds_it(run, simulator, tmp_path) -> None:
@@ -267,18 +267,8 @@ def test_all_loads_the_15_tables_each_as_the_simulator_holds_it(run, simulator, 
 
 def test_a_failed_table_among_several_is_named(run, simulator, tmp_path) -> None:
     simulator.set_fault("429", retry_after=6 * 3600, path="tags")  # a daily quota: fails at once
-    result = run(
-        "ingest",
-        "--source-table",
-        "events,tags",
-        "--dest-uri",
-        "duckdb:///klaviyo.duckdb",
-        "--interval-start",
-        "2024-01-03",
-        "--interval-end",
-        "2024-01-04",
-        env={"KLAVIYO_API_KEY": simulator.api_key, "KLAVIYO_BASE_URL": simulator.base_url},
-    )
+    env = {"KLAVIYO_API_KEY": simulator.api_key, "KLAVIYO_BASE_URL": simulator.base_url}
+    result = ingest_events_and_tags(run, "2024-01-03", "2024-01-04", env)
     line = assert_one_line_error(result, 1)
     assert line.startswith("omniload: error: ingest of tags failed:")
     assert "quota is exhausted" in line
