@@ -27,7 +27,12 @@ from omniload_assets import progress, settings
 from omniload_assets.klaviyo.catalog import TABLES, TableSpec, get_table
 from omniload_assets.klaviyo.errors import redact
 from omniload_assets.progress import BarDisplay, LogDisplay, NullDisplay
-from omniload_assets.warehouse.connection import WarehouseError, is_local_file, resolve_database
+from omniload_assets.warehouse.connection import (
+    WarehouseError,
+    is_local_file,
+    resolve_database,
+    show_database,
+)
 
 if TYPE_CHECKING:
     import dagster as dg
@@ -87,14 +92,31 @@ class OneLineParser(argparse.ArgumentParser):
 
 
 def parse_when(text: str) -> datetime:
-    """``2022-01-01``, ``2022-01-01T10:30``, ``2022-01-01 10:30:00Z`` or with an offset -> UTC."""
+    """``2022-01-01``, ``2022-01-01T10:30``, ``2022-01-01 10:30:00Z`` or with an offset -> UTC.
+
+    Anything else is an :class:`argparse.ArgumentTypeError` (a one-line usage error), never another
+    exception: an offset that moves the instant past year 1 or 9999 in UTC included.
+    """
+    shown = _shown(text)
     try:
         parsed = datetime.fromisoformat(text.strip())
     except ValueError:
         raise argparse.ArgumentTypeError(
-            f"{text!r} is not a date or datetime; use YYYY-MM-DD or YYYY-MM-DDTHH:MM:SS (UTC)"
+            f"{shown} is not a date or datetime; use YYYY-MM-DD or YYYY-MM-DDTHH:MM:SS (UTC)"
         ) from None
-    return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
+    if parsed.tzinfo is None:
+        return parsed.replace(tzinfo=UTC)
+    try:
+        return parsed.astimezone(UTC)
+    except OverflowError:  # e.g. 9999-12-31T23:00-02:00 is in the year 10000 in UTC
+        raise argparse.ArgumentTypeError(
+            f"{shown} is outside the years 1 to 9999 in UTC; use a UTC date such as 2024-01-01"
+        ) from None
+
+
+def _shown(text: str, limit: int = 60) -> str:
+    """``text`` quoted for a one-line message, cut short when long."""
+    return repr(text if len(text) <= limit else text[: limit - 3] + "...")
 
 
 def parse_parallelism(text: str) -> int:
@@ -110,7 +132,16 @@ def parse_parallelism(text: str) -> int:
 
 
 def api_key_from_source_uri(uri: str | None) -> str:
-    """The key of ``--source-uri klaviyo://?api_key=...``, else of ``KLAVIYO_API_KEY``."""
+    """The key of ``--source-uri klaviyo://?api_key=...``, else of ``KLAVIYO_API_KEY``; refused
+    unless it is one printable token (a line break, tab or control character: a mangled paste)."""
+    from omniload_assets.klaviyo.errors import KlaviyoConfigError, validate_api_key
+
+    def checked(key: str, name: str) -> str:
+        try:
+            return validate_api_key(key, name)  # its message names `name`, never the key
+        except KlaviyoConfigError as exc:
+            raise UsageError(str(exc)) from None
+
     if uri is None:
         from_env = (os.environ.get("KLAVIYO_API_KEY") or "").strip()
         if not from_env:
@@ -118,31 +149,46 @@ def api_key_from_source_uri(uri: str | None) -> str:
                 "no Klaviyo API key: pass --source-uri 'klaviyo://?api_key=pk_...' or set KLAVIYO_API_KEY"
             )
         if not from_env.startswith("klaviyo://"):
-            return from_env
+            return checked(from_env, "KLAVIYO_API_KEY")
         uri, origin = from_env, "KLAVIYO_API_KEY"
     else:
         origin = "--source-uri"
-    parts = urlsplit(uri.strip())
+    # Before parsing: urlsplit silently drops tabs and line breaks, mending a mangled key.
+    checked(uri.strip(), origin)
+    try:
+        parts = urlsplit(uri.strip())
+    except ValueError:
+        raise UsageError(f"{origin} must look like klaviyo://?api_key=pk_... (it is not a URI)") from None
     if parts.scheme != "klaviyo":
         raise UsageError(f"{origin} must look like klaviyo://?api_key=pk_... (got scheme {parts.scheme!r})")
     keys = [k.strip() for k in parse_qs(parts.query).get("api_key", []) if k.strip()]
     if not keys:
         raise UsageError(f"{origin} has no api_key: use klaviyo://?api_key=pk_...")
-    return keys[0]
+    return checked(keys[0], f"the api_key in {origin}")
 
 
 def database_from_dest_uri(uri: str | None) -> str:
-    """What DuckDB opens for ``--dest-uri``: ``duckdb:///path``, a plain path, or ``md:``."""
+    """What DuckDB opens for ``--dest-uri`` (else $OMNILOAD_DUCKDB_PATH): ``duckdb:///path``, a path, ``md:``.
+
+    Checked now, before Dagster runs, creating nothing: another scheme, an in-memory database
+    (nothing would be kept), a directory, a path on ``/proc`` and an existing file that is not a
+    DuckDB database are a :class:`UsageError` whose one line names where the value came from and
+    masks any token or password in it (``connection.mask_database``).
+    """
+    from omniload_assets.warehouse.connection import DUCKDB_PATH_ENV, check_destination, show_database
+
+    origin = "--dest-uri" if uri is not None else DUCKDB_PATH_ENV
     raw = settings.duckdb_path() if uri is None else uri.strip()
     if "://" in raw and not raw.startswith("duckdb://"):
         raise UsageError(
-            f"--dest-uri {raw!r} is not a DuckDB destination; use duckdb:///path/to/file.duckdb "
+            f"{origin} {show_database(raw)} is not a DuckDB destination; use duckdb:///path/to/file.duckdb "
             "or md:database (MotherDuck)"
         )
     try:
-        target = resolve_database(raw)
+        target = resolve_database(raw, setting=origin)
+        check_destination(raw, setting=origin)
     except WarehouseError as exc:
-        raise UsageError(f"--dest-uri: {exc}") from None
+        raise UsageError(str(exc)) from None
     return str(Path(target).absolute()) if is_local_file(target) else target
 
 
@@ -162,13 +208,23 @@ def parse_tables(text: str) -> tuple[TableSpec, ...]:
 
 
 def split_dest_table(text: str | None, spec: TableSpec) -> tuple[str, str]:
-    """``schema.table`` (or ``table``) -> (schema, table); defaults: the configured schema, the table."""
+    """``schema.table`` (or ``table``) -> (schema, table); defaults: the configured schema, the table.
+
+    Each name must be usable (``writer.check_name``: printable, at most 63 characters); anything
+    else is a one-line :class:`UsageError`.
+    """
+    from omniload_assets.warehouse.writer import TableNameError, check_name, show_name
+
     if text is None:
         return settings.duckdb_schema(), spec.asset_name
     parts = [p.strip() for p in text.strip().split(".")]
     if len(parts) > 2 or not all(parts):
-        raise UsageError(f"--dest-table {text!r} must be schema.table or table, e.g. dest.events")
-    return (settings.duckdb_schema(), parts[0]) if len(parts) == 1 else (parts[0], parts[1])
+        raise UsageError(f"--dest-table {show_name(text)} must be schema.table or table, e.g. dest.events")
+    try:
+        schema = check_name(parts[0], "schema") if len(parts) == 2 else settings.duckdb_schema()
+        return schema, check_name(parts[-1], "table")
+    except TableNameError as exc:
+        raise UsageError(f"--dest-table: {exc}") from None
 
 
 # -- the plan ------------------------------------------------------------------------------------
@@ -211,7 +267,7 @@ class IngestPlan:
                 if spec.partitioned
                 else f"{spec.name} (replaced whole; the interval does not apply)"
             )
-            return f"{what} -> {self.schema}.{self.tables[0]} in {self.database}{workers}"
+            return f"{what} -> {self.schema}.{self.tables[0]} in {show_database(self.database)}{workers}"
         whole = [spec.name for spec in self.specs if not spec.partitioned]
         if len(whole) == len(self.specs):
             what = f"{self.names} (replaced whole; the interval does not apply)"
@@ -219,29 +275,48 @@ class IngestPlan:
             replaced = f"; {', '.join(whole)} replaced whole" if whole else ""
             days = f"{self.days:,} day{'' if self.days == 1 else 's'}"
             what = f"{self.names} {self.first_day}..{self.last_day} ({days}{replaced})"
-        return f"{what} -> schema {self.schema} in {self.database}{workers}"
+        return f"{what} -> schema {self.schema} in {show_database(self.database)}{workers}"
+
+
+def plan_days(
+    interval_start: datetime | None, interval_end: datetime | None, now: datetime
+) -> tuple[date, date]:
+    """The first and last UTC day of ``[start, end)``; a :class:`UsageError` names the flag (or the
+    variable) that set the bound it is about: the start is ``--interval-start`` or
+    ``$OMNILOAD_START_DATE`` (or its default), the end ``--interval-end`` or now."""
+    if interval_start is not None:
+        start, start_name = interval_start, "--interval-start"
+    else:
+        try:
+            start = datetime.combine(settings.start_date(), datetime.min.time(), UTC)
+        except settings.SettingsError as exc:
+            raise UsageError(f"{exc} (or pass --interval-start)") from None
+        from_env = bool(os.environ.get("OMNILOAD_START_DATE"))
+        start_name = "OMNILOAD_START_DATE" if from_env else "the default start (no --interval-start)"
+    if start > now:
+        raise UsageError(f"{start_name} {start.isoformat()} is in the future; use a past UTC date")
+    if start.date() < settings.EARLIEST_START:
+        raise UsageError(
+            f"{start_name} {start.isoformat()} is before {settings.EARLIEST_START.isoformat()}, the first "
+            f"day omniload loads (Klaviyo holds nothing older); use {settings.EARLIEST_START.isoformat()} "
+            "or later"
+        )
+    end = now if interval_end is None else interval_end
+    if end <= start:
+        end_name = "--interval-end" if interval_end is not None else "now"
+        raise UsageError(f"{end_name} {end.isoformat()} is not after {start_name} {start.isoformat()}")
+    # [start, end) in whole days: the last day is the one holding the instant just before `end`.
+    return start.date(), min((end - timedelta(microseconds=1)).date(), now.date())
 
 
 def plan_ingest(args: argparse.Namespace, now: datetime | None = None) -> IngestPlan:
     """Check the flags together; raise :class:`UsageError` with a one-line reason."""
     specs = parse_tables(args.source_table)
-    now = now or datetime.now(UTC)
+    first_day, last_day = plan_days(args.interval_start, args.interval_end, now or datetime.now(UTC))
     try:
-        start: datetime = args.interval_start or datetime.combine(
-            settings.start_date(), datetime.min.time(), UTC
-        )
+        settings.duckdb_schema()  # a bad $OMNILOAD_DUCKDB_SCHEMA: one line, before the lines below use it
     except settings.SettingsError as exc:
-        raise UsageError(f"{exc} (or pass --interval-start)") from None
-    end: datetime = args.interval_end or now
-    if end <= start:
-        raise UsageError(
-            f"--interval-end {end.isoformat()} is not after --interval-start {start.isoformat()}"
-        )
-    if start > now:
-        raise UsageError(f"--interval-start {start.isoformat()} is in the future")
-    first_day = start.date()
-    # [start, end) in whole days: the last day is the one holding the instant just before `end`.
-    last_day = min((end - timedelta(microseconds=1)).date(), now.date())
+        raise UsageError(str(exc)) from None
     if len(specs) == 1:
         schema, table = split_dest_table(args.dest_table, specs[0])
         tables: tuple[str, ...] = (table,)
@@ -398,7 +473,7 @@ def summarize(
         duration_s - extract_s if isinstance(extract_s, float) and isinstance(duration_s, float) else None
     )
     return (
-        f"loaded {spec.name} into {plan.schema}.{plan.table_of(spec)} in {plan.database}: "
+        f"loaded {spec.name} into {plan.schema}.{plan.table_of(spec)} in {show_database(plan.database)}: "
         f"{n('rows_written')} rows written ({n('rows_inserted')} inserted, {n('rows_updated')} updated, "
         f"{n('rows_skipped_stale')} older than stored); the table holds {n('dagster/row_count')} rows; "
         f"{n('pages')} pages, {n('requests')} requests, {n('throttled_429')} 429 waits; "
@@ -517,6 +592,10 @@ def ingest(args: argparse.Namespace) -> int:
 
             traceback.print_exc(file=sys.stderr)
         reason = failure_reason(exc, plan.api_key)
+        if getattr(args, "source_uri", None) is not None:  # the run read the flag's key from the variable
+            from omniload_assets.klaviyo.errors import retarget_key_advice
+
+            reason = retarget_key_advice(reason, "--source-uri")
         names = ", ".join(getattr(exc, "tables", ())) or plan.names
         print(f"{PROG}: error: ingest of {names} failed: {reason}", file=sys.stderr)
         return EXIT_FAILED

@@ -53,7 +53,12 @@ def build_executor() -> dg.ExecutorDefinition:
 
 
 def build_definitions() -> dg.Definitions:
-    """Everything the code location holds, read from the environment at call time."""
+    """Everything the code location holds, read from the environment at call time.
+
+    Every ``OMNILOAD_*`` variable is checked first (``settings.validate_all``): a bad one fails the
+    load, ``dagster definitions validate`` included, with one line naming it.
+    """
+    settings.validate_all()
     jobs = build_jobs()
     return dg.Definitions(
         assets=build_assets(),

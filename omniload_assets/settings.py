@@ -5,7 +5,9 @@ from __future__ import annotations
 import math
 import os
 import re
+from collections.abc import Callable
 from datetime import UTC, date, datetime
+from pathlib import Path
 
 #: Environment variable -> (default, what it sets). The README's configuration table mirrors this.
 ENV_VARS: dict[str, tuple[str | None, str]] = {
@@ -36,12 +38,21 @@ ENV_VARS: dict[str, tuple[str | None, str]] = {
 
 #: The earliest ``OMNILOAD_START_DATE`` accepted (Klaviyo was founded in 2012).
 EARLIEST_START = date(2012, 1, 1)
-_ISO_DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
-_MEMORY_SIZE = re.compile(r"(?P<number>\d+(?:\.\d+)?)\s*(?P<unit>[kmgt]i?b|b|%)", re.IGNORECASE)
+_ISO_DATE = re.compile(r"\d{4}-\d{2}-\d{2}", re.ASCII)
+_MEMORY_SIZE = re.compile(r"(?P<number>\d+(?:\.\d+)?)\s*(?P<unit>[kmgt]i?b|b|%)", re.IGNORECASE | re.ASCII)
 _MEMORY_UNITS = {"b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12}
 _MEMORY_UNITS.update({"kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40})
 #: The smallest ``OMNILOAD_DUCKDB_MEMORY_LIMIT`` accepted: less fails merges instead of spilling.
 MIN_MEMORY_LIMIT_BYTES = 64 * 10**6
+#: The largest: DuckDB refuses sizes far beyond any machine's memory.
+MAX_MEMORY_LIMIT_BYTES = 10**15
+#: ``OMNILOAD_AUTOMATION`` values that switch nothing on, and those that switch everything on.
+AUTOMATION_OFF = frozenset({"", "off", "none", "false", "0", "no"})
+AUTOMATION_ALL = frozenset({"all", "on", "true", "1", "yes"})
+#: Bounds of the whole-number settings: beyond them dates and timedeltas overflow.
+MAX_LOOKBACK_DAYS = 36_500
+MIN_SENSOR_INTERVAL_S, MAX_SENSOR_INTERVAL_S = 30, 7 * 86_400
+MAX_FRESHNESS_HOURS = 87_600.0
 
 
 class SettingsError(ValueError):
@@ -65,7 +76,12 @@ def env_str(name: str) -> str:
 
 def start_date() -> date:
     """``OMNILOAD_START_DATE`` as a date; a clear error when it is not ``YYYY-MM-DD``."""
-    raw = env_str("OMNILOAD_START_DATE").strip()
+    return parse_start_date(env_str("OMNILOAD_START_DATE"))
+
+
+def parse_start_date(text: str) -> date:
+    """A past ``YYYY-MM-DD`` from 2012-01-01 on; else :class:`SettingsError` naming the variable."""
+    raw = text.strip()
     try:
         if not _ISO_DATE.fullmatch(raw):
             raise ValueError(raw)
@@ -89,13 +105,74 @@ def duckdb_path() -> str:
     return env_str("OMNILOAD_DUCKDB_PATH")
 
 
+def check_duckdb_path() -> str:
+    """``OMNILOAD_DUCKDB_PATH`` checked as a write would use it (``connection.check_writable``)."""
+    from omniload_assets.warehouse.connection import WarehouseError, check_writable, show_database
+
+    raw = duckdb_path()
+    if "://" in raw and not raw.strip().startswith("duckdb://"):
+        raise SettingsError(
+            f"OMNILOAD_DUCKDB_PATH={show_database(raw)!r} is not a DuckDB database; use a file path, "
+            "duckdb:///path/to/file.duckdb or md:database"
+        )
+    try:
+        return check_writable(raw)
+    except WarehouseError as exc:
+        raise SettingsError(_one_line(str(exc))) from None
+
+
 def duckdb_schema() -> str:
-    return env_str("OMNILOAD_DUCKDB_SCHEMA")
+    """``OMNILOAD_DUCKDB_SCHEMA``: a schema name (printable, not blank, no ``.``, at most 63 characters)."""
+    return parse_schema(env_str("OMNILOAD_DUCKDB_SCHEMA"))
+
+
+def parse_schema(raw: str) -> str:
+    """A name the writer can use (``writer.check_name``), else :class:`SettingsError` naming the variable."""
+    from omniload_assets.warehouse.writer import TableNameError, check_name
+
+    try:
+        return check_name(raw, "schema")
+    except TableNameError as exc:
+        raise SettingsError(
+            f"OMNILOAD_DUCKDB_SCHEMA={_shown(raw)} is not a schema name: {_one_line(str(exc))}"
+        ) from None
+
+
+def staging_dir() -> str | None:
+    """``OMNILOAD_STAGING_DIR`` (None: unset, the system temp dir), checked without creating it."""
+    raw = env("OMNILOAD_STAGING_DIR")
+    return None if raw is None else parse_staging_dir(raw)
+
+
+def parse_staging_dir(raw: str) -> str:
+    """A directory that exists or can be created, and is writable; else :class:`SettingsError`."""
+    fix = "set OMNILOAD_STAGING_DIR to a writable directory, or unset it to stage in the system temp dir"
+    if not raw.strip() or "\x00" in raw:
+        raise SettingsError(f"OMNILOAD_STAGING_DIR={raw!r} is blank or holds a NUL; {fix}")
+    try:
+        path = Path(os.path.expanduser(raw))  # ~user left as it is when there is no such user
+        probe = path  # the nearest existing ancestor: what `mkdir -p` would create the rest in
+        while not os.path.lexists(probe) and probe.parent != probe:
+            probe = probe.parent
+        if not probe.is_dir():
+            what = "is not a directory" if probe == path else f"cannot be created: {probe} is not a directory"
+            raise SettingsError(f"OMNILOAD_STAGING_DIR={raw!r} {what}; {fix}")
+        if not os.access(probe, os.W_OK | os.X_OK):
+            where = "" if probe == path else f" (nor is {probe}, where it would be created)"
+            raise SettingsError(f"OMNILOAD_STAGING_DIR={raw!r} is not writable{where}; {fix}")
+    except OSError as exc:
+        raise SettingsError(
+            f"OMNILOAD_STAGING_DIR={raw!r} cannot be used ({exc.strerror or exc}); {fix}"
+        ) from None
+    return str(path)
 
 
 def lock_timeout_s() -> float:
     """``OMNILOAD_DUCKDB_LOCK_TIMEOUT``: a finite, non-negative number of seconds."""
-    raw = env_str("OMNILOAD_DUCKDB_LOCK_TIMEOUT")
+    return parse_lock_timeout(env_str("OMNILOAD_DUCKDB_LOCK_TIMEOUT"))
+
+
+def parse_lock_timeout(raw: str) -> float:
     try:
         value = float(raw)
     except ValueError:
@@ -125,6 +202,8 @@ def parse_memory_limit(raw: str | None, name: str = "OMNILOAD_DUCKDB_MEMORY_LIMI
     size = float(match["number"]) * _MEMORY_UNITS[match["unit"].lower()]
     if size < MIN_MEMORY_LIMIT_BYTES:
         raise SettingsError(f"{name}={raw!r} is below 64MB, too little for a merge; use e.g. 512MB")
+    if size > MAX_MEMORY_LIMIT_BYTES:
+        raise SettingsError(f"{name}={raw!r} is more than 1PB, beyond any machine; use e.g. 512MB")
     return f"{match['number']}{match['unit'].upper().replace('I', 'i')}"
 
 
@@ -136,64 +215,120 @@ def duckdb_memory_limit() -> str | None:
     return parse_memory_limit(ENV_VARS[name][0] if raw is None else raw, name)
 
 
-def _number(name: str, minimum: float) -> float:
-    raw = env_str(name)
+def parse_whole_number(name: str, raw: str, minimum: int, maximum: int, unit: str) -> int:
+    """A whole number (``3`` or ``3.0``) from ``minimum`` to ``maximum``, else :class:`SettingsError`."""
     try:
         value = float(raw)
     except ValueError:
-        raise SettingsError(f"{name}={raw!r} is not a number") from None
-    if value < minimum:
-        raise SettingsError(f"{name}={raw!r} must be at least {minimum:g}")
-    return value
+        value = math.nan
+    if not (math.isfinite(value) and value.is_integer() and minimum <= value <= maximum):
+        raise SettingsError(
+            f"{name}={raw!r} is not a whole number of {unit} from {minimum} to {maximum}; "
+            f"use e.g. {ENV_VARS[name][0]}"
+        )
+    return int(value)
 
 
 def automation_names() -> frozenset[str]:
     """Names of the schedules/sensors that start RUNNING (``OMNILOAD_AUTOMATION``); ``*`` means all."""
-    raw = env_str("OMNILOAD_AUTOMATION").strip().lower()
-    if raw in {"", "off", "none", "false", "0", "no"}:
+    return parse_automation(env_str("OMNILOAD_AUTOMATION"))
+
+
+def parse_automation(raw: str) -> frozenset[str]:
+    """``off``, ``all`` or names of this code location's schedules and sensors (``a,b``); else
+    :class:`SettingsError` listing the names."""
+    from omniload_assets.automation import CHANGE_SENSOR, INCREMENTAL_SCHEDULE, REPLACE_SCHEDULE
+
+    text = raw.strip().lower()
+    if text in AUTOMATION_OFF:
         return frozenset()
-    if raw in {"all", "on", "true", "1", "yes"}:
+    if text in AUTOMATION_ALL:
         return frozenset({"*"})
-    return frozenset(n.strip() for n in raw.split(",") if n.strip())
+    valid = (INCREMENTAL_SCHEDULE, REPLACE_SCHEDULE, CHANGE_SENSOR)
+    names = frozenset(n.strip() for n in text.split(",") if n.strip())
+    unknown = sorted(names - set(valid)) or ([] if names else [text])
+    if unknown:
+        raise SettingsError(
+            f"OMNILOAD_AUTOMATION={raw!r}: {unknown[0]!r} is not a schedule or sensor; use off, all, "
+            f"or names separated by commas from: {', '.join(valid)}"
+        )
+    return names
 
 
 def schedule_cron() -> str:
-    return env_str("OMNILOAD_SCHEDULE_CRON")
+    return parse_cron("OMNILOAD_SCHEDULE_CRON", env_str("OMNILOAD_SCHEDULE_CRON"))
 
 
 def replace_cron() -> str:
-    return env_str("OMNILOAD_REPLACE_CRON")
+    return parse_cron("OMNILOAD_REPLACE_CRON", env_str("OMNILOAD_REPLACE_CRON"))
+
+
+def parse_cron(name: str, raw: str) -> str:
+    """A cron expression Dagster schedules accept (``0 * * * *``, ``@daily``), else :class:`SettingsError`."""
+    from dagster._utils.schedules import is_valid_cron_string
+
+    cron = raw.strip()
+    try:
+        valid = is_valid_cron_string(cron)
+    except Exception:  # the cron parser's own errors on odd text: not a cron expression either
+        valid = False
+    if not valid:
+        raise SettingsError(f"{name}={raw!r} is not a cron expression, e.g. {ENV_VARS[name][0]!r}")
+    return cron
 
 
 def lookback_days() -> int:
-    return int(_number("OMNILOAD_LOOKBACK_DAYS", 0))
+    raw = env_str("OMNILOAD_LOOKBACK_DAYS")
+    return parse_whole_number("OMNILOAD_LOOKBACK_DAYS", raw, 0, MAX_LOOKBACK_DAYS, "days")
 
 
 def sensor_interval_s() -> int:
-    return int(_number("OMNILOAD_SENSOR_INTERVAL", 30))
+    raw = env_str("OMNILOAD_SENSOR_INTERVAL")
+    return parse_whole_number(
+        "OMNILOAD_SENSOR_INTERVAL", raw, MIN_SENSOR_INTERVAL_S, MAX_SENSOR_INTERVAL_S, "seconds"
+    )
 
 
 def freshness_max_age_hours(table: str) -> float:
     """``OMNILOAD_FRESHNESS_HOURS`` for ``table``: ``48`` for all, ``48,events=6,metrics=720`` per table."""
-    raw = env_str("OMNILOAD_FRESHNESS_HOURS")
-    default, per_table = str(ENV_VARS["OMNILOAD_FRESHNESS_HOURS"][0]), {}
+    default, per_table = parse_freshness(env_str("OMNILOAD_FRESHNESS_HOURS"))
+    return per_table.get(table.replace("_", "-"), default)
+
+
+def parse_freshness(raw: str) -> tuple[float, dict[str, float]]:
+    """``48`` or ``48,events=6,metrics=720`` -> (hours of every table, hours by table name); else
+    :class:`SettingsError` (hours from >0 to 87600, tables of the catalogue)."""
+    from omniload_assets.klaviyo.catalog import TABLES
+
+    names = [t.name for t in TABLES]
+    default, per_table = float(str(ENV_VARS["OMNILOAD_FRESHNESS_HOURS"][0])), {}
     for part in (p.strip() for p in raw.split(",") if p.strip()):
         name, sep, hours = part.partition("=")
+        table = name.strip().replace("_", "-")
+        if sep and table not in names:
+            raise SettingsError(
+                f"OMNILOAD_FRESHNESS_HOURS={raw!r}: {name.strip()!r} is not a table; "
+                f"tables: {', '.join(names)}"
+            )
+        value = _hours(raw, hours if sep else part)
         if sep:
-            per_table[name.strip().replace("_", "-")] = hours.strip()
+            per_table[table] = value
         else:
-            default = part
-    value = per_table.get(table.replace("_", "-"), default)
+            default = value
+    return default, per_table
+
+
+def _hours(raw: str, text: str) -> float:
     try:
-        parsed = float(value)
+        value = float(text.strip())
     except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and 0 < value <= MAX_FRESHNESS_HOURS):
         raise SettingsError(
-            f"OMNILOAD_FRESHNESS_HOURS={raw!r}: {value!r} is not a number of hours; "
-            "use e.g. 48 or 48,events=6,metrics=720"
-        ) from None
-    if parsed <= 0:
-        raise SettingsError(f"OMNILOAD_FRESHNESS_HOURS={raw!r}: hours must be positive")
-    return parsed
+            f"OMNILOAD_FRESHNESS_HOURS={raw!r}: {text.strip()!r} is not a number of hours above 0 and up "
+            f"to {MAX_FRESHNESS_HOURS:g}; use e.g. 48 or 48,events=6,metrics=720"
+        )
+    return value
 
 
 EXECUTORS = ("in_process", "multiprocess")
@@ -201,18 +336,71 @@ EXECUTORS = ("in_process", "multiprocess")
 
 def executor_name() -> str:
     """``OMNILOAD_EXECUTOR``: ``in_process`` or ``multiprocess``."""
-    value = env_str("OMNILOAD_EXECUTOR").strip().lower().replace("-", "_")
+    return parse_executor(env_str("OMNILOAD_EXECUTOR"))
+
+
+def parse_executor(raw: str) -> str:
+    value = raw.strip().lower().replace("-", "_")
     if value not in EXECUTORS:
-        raise SettingsError(f"OMNILOAD_EXECUTOR={value!r} is not one of {', '.join(EXECUTORS)}")
+        raise SettingsError(f"OMNILOAD_EXECUTOR={raw!r} is not one of {', '.join(EXECUTORS)}")
     return value
 
 
 def asset_owners() -> list[str]:
     """``OMNILOAD_ASSET_OWNERS`` as a list: Dagster owners are emails or ``team:<name>``."""
-    owners = [o.strip() for o in (env("OMNILOAD_ASSET_OWNERS") or "").split(",") if o.strip()]
+    return parse_owners(env("OMNILOAD_ASSET_OWNERS") or "")
+
+
+def parse_owners(raw: str) -> list[str]:
+    """Comma-separated owners, each one Dagster takes (an email or ``team:<name>``); else
+    :class:`SettingsError`."""
+    from dagster._core.definitions.utils import is_valid_owner
+
+    owners = [o.strip() for o in raw.split(",") if o.strip()]
     for owner in owners:
-        if not (owner.startswith("team:") or "@" in owner):
+        if not is_valid_owner(owner):
             raise SettingsError(
                 f"OMNILOAD_ASSET_OWNERS: {owner!r} is not an owner; use an email or team:<name>"
             )
     return owners
+
+
+def _shown(raw: str, limit: int = 80) -> str:
+    """``raw`` quoted for a one-line message, cut short when long."""
+    return repr(raw if len(raw) <= limit else raw[: limit - 3] + "...")
+
+
+def _one_line(text: str) -> str:
+    """``text`` with its line breaks (if any) as spaces."""
+    return " ".join(line.strip() for line in text.splitlines() if line.strip())
+
+
+#: How each ``OMNILOAD_*`` variable is checked when the definitions load (``KLAVIYO_*``: the resource).
+VALIDATORS: dict[str, Callable[[], object]] = {
+    "OMNILOAD_START_DATE": start_date,
+    "OMNILOAD_DUCKDB_PATH": check_duckdb_path,
+    "OMNILOAD_DUCKDB_SCHEMA": duckdb_schema,
+    "OMNILOAD_DUCKDB_LOCK_TIMEOUT": lock_timeout_s,
+    "OMNILOAD_DUCKDB_MEMORY_LIMIT": duckdb_memory_limit,
+    "OMNILOAD_STAGING_DIR": staging_dir,
+    "OMNILOAD_AUTOMATION": automation_names,
+    "OMNILOAD_SCHEDULE_CRON": schedule_cron,
+    "OMNILOAD_LOOKBACK_DAYS": lookback_days,
+    "OMNILOAD_REPLACE_CRON": replace_cron,
+    "OMNILOAD_SENSOR_INTERVAL": sensor_interval_s,
+    "OMNILOAD_FRESHNESS_HOURS": lambda: parse_freshness(env_str("OMNILOAD_FRESHNESS_HOURS")),
+    "OMNILOAD_EXECUTOR": executor_name,
+    "OMNILOAD_ASSET_OWNERS": asset_owners,
+}
+
+
+def validate_all() -> None:
+    """Check every ``OMNILOAD_*`` variable; one :class:`SettingsError` whose line names each bad one."""
+    problems = []
+    for check in VALIDATORS.values():
+        try:
+            check()
+        except SettingsError as exc:
+            problems.append(_one_line(str(exc)))
+    if problems:
+        raise SettingsError("; ".join(problems))

@@ -7,11 +7,16 @@ was); from the ``dagster asset materialize`` CLI, a non-zero exit whose last lin
 from __future__ import annotations
 
 import os
+import shutil
+import signal
 import subprocess
 import sys
+import textwrap
+import time
 from pathlib import Path
 
 import dagster as dg
+import pyarrow as pa
 import pydantic
 import pytest
 
@@ -23,6 +28,12 @@ from omniload_assets.klaviyo.errors import KlaviyoConfigError
 from omniload_assets.klaviyo.resource import KlaviyoResource
 from omniload_assets.warehouse.connection import DuckDBPathError, check_writable
 from omniload_assets.warehouse.io_manager import KlaviyoDuckDBIOManager
+from omniload_assets.warehouse.staging import (
+    ParquetStager,
+    StagingDirError,
+    StagingOwner,
+    remove_stale_staging,
+)
 from omniload_assets_tests.harness import (
     REPO_ROOT,
     LineWatcher,
@@ -43,6 +54,16 @@ def materialize_tags(
         instance=instance,
         raise_on_error=False,
     )
+
+
+@pytest.fixture(autouse=True)
+def _definitions_module_imported(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Import ``omniload_assets.definitions`` (which builds ``defs`` when imported) with the defaults,
+    so a test can set a bad value and then call ``build_definitions`` whichever test runs first."""
+    with monkeypatch.context() as patch:
+        for name in [n for n in os.environ if n.startswith(("OMNILOAD_", "KLAVIYO_"))]:
+            patch.delenv(name)
+        import omniload_assets.definitions  # noqa: F401
 
 
 @pytest.fixture
@@ -114,10 +135,10 @@ def test_key_without_the_scope_403_names_the_scope(loaded, defs, simulator, db_p
     "url", ["http://a.klaviyo.com", "http://10.0.0.8:8080", "ftp://127.0.0.1", "http://127.0.0.1.nip.io"]
 )
 def test_plain_http_off_loopback_is_refused_before_any_request(url) -> None:
-    resource = KlaviyoResource(api_key="pk_x", base_url=url)
+    # Refused when the resource is configured, or at the latest when its client is made.
     with (
         pytest.raises(KlaviyoConfigError, match="must be https://.*fix KLAVIYO_BASE_URL"),
-        resource.get_client(),
+        KlaviyoResource(api_key="pk_x", base_url=url).get_client(),
     ):
         pass
 
@@ -128,9 +149,11 @@ def test_a_run_with_a_plain_http_remote_base_url_fails_before_any_write(
     monkeypatch.setenv("KLAVIYO_BASE_URL", "http://a.klaviyo.com")
     from omniload_assets.definitions import build_definitions
 
-    result = materialize_tags(build_definitions(), instance)
-    assert not result.success
-    assert "plain http is allowed only on loopback" in reason(result)
+    try:  # refused when the definitions load, or at the latest when the run starts
+        line = reason(materialize_tags(build_definitions(), instance))
+    except KlaviyoConfigError as exc:
+        line = str(exc)
+    assert "plain http is allowed only on loopback" in line
     assert snapshot(db_path, ["tags"]) == loaded
 
 
@@ -156,6 +179,34 @@ def test_a_run_with_a_plain_http_remote_base_url_fails_before_any_write(
         ("OMNILOAD_DUCKDB_MEMORY_LIMIT", "512", "is not a memory size; use e.g. 512MB or 2GB"),
         ("OMNILOAD_DUCKDB_MEMORY_LIMIT", "1MB", "OMNILOAD_DUCKDB_MEMORY_LIMIT='1MB' is below 64MB"),
         ("OMNILOAD_DUCKDB_MEMORY_LIMIT", "150%", "is not a percentage of RAM from 1 to 100"),
+        ("OMNILOAD_DUCKDB_MEMORY_LIMIT", "\u0661\u0662\u0668MB", "is not a memory size"),  # Arabic digits
+        ("OMNILOAD_DUCKDB_MEMORY_LIMIT", "9" * 40 + "TB", "is more than 1PB"),
+        ("OMNILOAD_DUCKDB_PATH", "postgres://h/db", "OMNILOAD_DUCKDB_PATH='postgres://h/db' is not a DuckDB"),
+        ("OMNILOAD_DUCKDB_SCHEMA", "  ", "OMNILOAD_DUCKDB_SCHEMA='  ' is not a schema name"),
+        ("OMNILOAD_AUTOMATION", "maybe", "OMNILOAD_AUTOMATION='maybe': 'maybe' is not a schedule or sensor"),
+        (
+            "OMNILOAD_AUTOMATION",
+            "klaviyo_change_sensr",
+            "from: klaviyo_incremental_schedule, klaviyo_replace",
+        ),
+        ("OMNILOAD_SCHEDULE_CRON", "every hour", "OMNILOAD_SCHEDULE_CRON='every hour' is not a cron"),
+        ("OMNILOAD_REPLACE_CRON", "61 * * * *", "OMNILOAD_REPLACE_CRON='61 * * * *' is not a cron"),
+        ("OMNILOAD_LOOKBACK_DAYS", "nan", "OMNILOAD_LOOKBACK_DAYS='nan' is not a whole number of days"),
+        ("OMNILOAD_LOOKBACK_DAYS", "inf", "is not a whole number of days from 0 to 36500"),
+        ("OMNILOAD_LOOKBACK_DAYS", "2.5", "is not a whole number of days"),
+        ("OMNILOAD_LOOKBACK_DAYS", "1e9", "is not a whole number of days"),
+        ("OMNILOAD_SENSOR_INTERVAL", "5", "OMNILOAD_SENSOR_INTERVAL='5' is not a whole number of seconds"),
+        ("OMNILOAD_SENSOR_INTERVAL", "1e400", "from 30 to 604800"),
+        ("OMNILOAD_FRESHNESS_HOURS", "evnts=6", "OMNILOAD_FRESHNESS_HOURS='evnts=6': 'evnts' is not a table"),
+        ("OMNILOAD_FRESHNESS_HOURS", "inf", "'inf' is not a number of hours above 0"),
+        ("OMNILOAD_FRESHNESS_HOURS", "48,events=nan", "'nan' is not a number of hours"),
+        (
+            "OMNILOAD_EXECUTOR",
+            "threads",
+            "OMNILOAD_EXECUTOR='threads' is not one of in_process, multiprocess",
+        ),
+        ("OMNILOAD_ASSET_OWNERS", "me@", "OMNILOAD_ASSET_OWNERS: 'me@' is not an owner"),
+        ("OMNILOAD_ASSET_OWNERS", "team:", "OMNILOAD_ASSET_OWNERS: 'team:' is not an owner"),
     ],
 )
 def test_bad_settings_fail_loading_with_one_line_naming_the_variable(
@@ -168,6 +219,123 @@ def test_bad_settings_fail_loading_with_one_line_naming_the_variable(
         build_definitions()
     assert message in str(caught.value)
     assert "\n" not in str(caught.value)
+
+
+def test_every_omniload_variable_is_checked_at_load() -> None:
+    assert set(settings.VALIDATORS) == {name for name in settings.ENV_VARS if name.startswith("OMNILOAD_")}
+
+
+def test_all_bad_settings_are_named_in_one_line(sim_env, monkeypatch, tmp_path) -> None:
+    bad = {
+        "OMNILOAD_AUTOMATION": "maybe",
+        "OMNILOAD_DUCKDB_PATH": str(tmp_path),  # a directory
+        "OMNILOAD_LOOKBACK_DAYS": "soon",
+        "OMNILOAD_EXECUTOR": "threads",
+    }
+    for name, value in bad.items():
+        monkeypatch.setenv(name, value)
+    from omniload_assets.definitions import build_definitions
+
+    with pytest.raises(settings.SettingsError) as caught:
+        build_definitions()
+    message = str(caught.value)
+    assert "\n" not in message
+    assert all(name in message for name in bad)
+    assert f"DuckDB path {tmp_path} is a directory; point OMNILOAD_DUCKDB_PATH at a file" in message
+
+
+def _bad_staging_dirs(tmp_path: Path) -> dict[str, tuple[str, str]]:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    return {
+        "a-file": (str(blocker), "is not a directory"),
+        "under-a-file": (str(blocker / "staging"), f"cannot be created: {blocker} is not a directory"),
+        "blank": ("  ", "is blank or holds a NUL"),
+    }
+
+
+@pytest.mark.parametrize("case", ["a-file", "under-a-file", "blank"])
+def test_bad_staging_dir_fails_loading_naming_the_variable(sim_env, monkeypatch, tmp_path, case) -> None:
+    value, why = _bad_staging_dirs(tmp_path)[case]
+    monkeypatch.setenv("OMNILOAD_STAGING_DIR", value)
+    from omniload_assets.definitions import build_definitions
+
+    with pytest.raises(settings.SettingsError) as caught:
+        build_definitions()
+    assert str(caught.value).startswith(f"OMNILOAD_STAGING_DIR={value!r} {why}; set OMNILOAD_STAGING_DIR to")
+    assert "\n" not in str(caught.value)
+
+
+def test_a_staging_dir_to_create_or_unset_is_fine(monkeypatch, tmp_path) -> None:
+    monkeypatch.setenv("OMNILOAD_STAGING_DIR", str(tmp_path / "new" / "staging"))
+    assert settings.staging_dir() == str(tmp_path / "new" / "staging")
+    assert not (tmp_path / "new").exists()  # checked, not created, at load
+    monkeypatch.delenv("OMNILOAD_STAGING_DIR")
+    assert settings.staging_dir() is None
+
+
+@pytest.mark.skipif(hasattr(os, "geteuid") and os.geteuid() == 0, reason="root may write anywhere")
+def test_an_unwritable_staging_dir_fails_loading(monkeypatch, tmp_path) -> None:
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o500)
+    monkeypatch.setenv("OMNILOAD_STAGING_DIR", str(locked / "staging"))
+    with pytest.raises(settings.SettingsError, match=r"is not writable \(nor is .*locked, where it would be"):
+        settings.staging_dir()
+
+
+def test_a_staging_dir_gone_bad_after_loading_fails_the_run_naming_the_variable(
+    loaded, defs, simulator, db_path, instance, tmp_path, monkeypatch
+) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    monkeypatch.setenv("OMNILOAD_STAGING_DIR", str(blocker / "staging"))  # read when the run starts
+    result = materialize_tags(defs, instance)
+    assert not result.success
+    line = reason(result)
+    assert line.startswith(
+        f"omniload_assets.warehouse.staging.StagingDirError: cannot stage tags in {blocker}"
+    )
+    assert "set OMNILOAD_STAGING_DIR to a writable directory" in line
+    assert simulator.stats.total_requests == 0
+    assert snapshot(db_path, ["tags"]) == loaded
+
+
+def test_a_staging_dir_removed_mid_run_names_the_variable(tmp_path) -> None:
+    stager = ParquetStager(TAGS, str(tmp_path / "staging"), processes=0)
+    shutil.rmtree(stager.directory)  # e.g. a temp-dir cleaner
+    stager.add(pa.table({"id": ["a", "b"]}))
+    with pytest.raises(StagingDirError) as caught:
+        stager.flush()
+    assert f"cannot write staged rows of tags to {stager.directory}/part-000000.parquet" in str(caught.value)
+    assert "set OMNILOAD_STAGING_DIR to a writable directory" in str(caught.value)
+    assert isinstance(caught.value.__cause__, FileNotFoundError)
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "message"),
+    [
+        ("OMNILOAD_AUTOMATION", "maybe", "OMNILOAD_AUTOMATION='maybe': 'maybe' is not a schedule or sensor"),
+        ("OMNILOAD_DUCKDB_PATH", "{tmp}", "DuckDB path {tmp} is a directory; point OMNILOAD_DUCKDB_PATH"),
+        ("OMNILOAD_STAGING_DIR", "{tmp}/a-file", "OMNILOAD_STAGING_DIR='{tmp}/a-file' is not a directory"),
+    ],
+)
+def test_dagster_definitions_validate_fails_on_a_bad_setting_with_one_line(
+    sim_env, tmp_path, name, value, message
+) -> None:
+    (tmp_path / "a-file").write_text("not a directory")
+    env = {**_base_env(), **sim_env, name: value.format(tmp=tmp_path)}
+    done = subprocess.run(
+        [str(Path(sys.executable).parent / "dagster"), "definitions", "validate", "-m", "omniload_assets"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode != 0
+    lines = [line.strip() for line in (done.stdout + done.stderr).splitlines()]
+    errors = [line for line in lines if line.startswith("omniload_assets.settings.SettingsError: ")]
+    assert len(errors) == 1 and message.format(tmp=tmp_path) in errors[0]
 
 
 def test_bad_start_date_from_the_dagster_cli_exits_non_zero_with_one_line(sim_env, tmp_path) -> None:
@@ -232,14 +400,27 @@ def _unwritable_paths(tmp_path: Path) -> dict[str, tuple[Path, str]]:
 
 
 @pytest.mark.parametrize("case", ["parent-is-a-file", "path-is-a-directory"])
-def test_unwritable_duckdb_path_fails_before_extracting(
+def test_unwritable_duckdb_path_fails_loading_and_running_before_extracting(
     sim_env, simulator, instance, tmp_path, monkeypatch, case
 ):
     path, why = _unwritable_paths(tmp_path)[case]
     monkeypatch.setenv("OMNILOAD_DUCKDB_PATH", str(path))
     from omniload_assets.definitions import build_definitions
 
-    result = materialize_tags(build_definitions(), instance)
+    with pytest.raises(settings.SettingsError) as caught:  # at load: `dagster definitions validate`
+        build_definitions()
+    assert why in str(caught.value) and "OMNILOAD_DUCKDB_PATH" in str(caught.value)
+    assert "\n" not in str(caught.value)
+    # A path that goes bad after the load still fails the run before any request.
+    monkeypatch.setenv("OMNILOAD_DUCKDB_PATH", sim_env["OMNILOAD_DUCKDB_PATH"])
+    defs = build_definitions()
+    io_manager = KlaviyoDuckDBIOManager(database=str(path), schema="klaviyo")
+    result = dg.materialize(
+        [defs.get_assets_def(asset_key(TAGS))],
+        resources={**fast_resources(defs), "klaviyo_duckdb": io_manager},
+        instance=instance,
+        raise_on_error=False,
+    )
     assert not result.success
     line = reason(result)
     assert "DuckDBPathError" in line and why in line and "OMNILOAD_DUCKDB_PATH" in line
@@ -305,3 +486,123 @@ def _base_env() -> dict[str, str]:
     }
     keep["PYTHONPATH"] = str(REPO_ROOT)
     return keep
+
+
+# -- staging left by dead runs ---------------------------------------------------------------------
+
+STAGE_AND_WAIT = """
+import sys
+import pyarrow as pa
+from omniload_assets.klaviyo.catalog import get_table
+from omniload_assets.warehouse.staging import ParquetStager
+
+stager = ParquetStager(get_table("tags"), sys.argv[1], rows_per_file=2, processes=0)
+stager.add(pa.table({"id": ["a", "b", "c"]}))  # one file written, a row pending
+print(stager.directory, flush=True)
+if sys.argv[2] == "wait":
+    sys.stdin.read()  # mid-staging until killed
+"""
+
+
+def _stage_in_child(base: Path, mode: str) -> tuple[subprocess.Popen[str], Path]:
+    """A real process staging tags in ``base``; returns it and its staging directory."""
+    child = subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(STAGE_AND_WAIT), str(base), mode],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
+    )
+    assert child.stdout is not None
+    directory = Path(child.stdout.readline().strip())
+    assert directory.parent == base and list(directory.glob("part-*.parquet")), directory
+    return child, directory
+
+
+def test_staging_of_a_killed_run_is_removed_by_the_next_run_but_a_live_runs_stays(tmp_path) -> None:
+    base = tmp_path / "staging"
+    live, live_dir = _stage_in_child(base, "wait")
+    killed, killed_dir = _stage_in_child(base, "wait")
+    try:
+        first = ParquetStager(TAGS, str(base), processes=0)  # both owners alive: nothing removed
+        assert live_dir.exists() and killed_dir.exists()
+        os.kill(killed.pid, signal.SIGKILL)
+        killed.wait(timeout=30)
+        second = ParquetStager(TAGS, str(base), processes=0)
+        assert not killed_dir.exists()  # its owner died mid-staging
+        assert live_dir.exists() and list(live_dir.glob("part-*.parquet"))  # never a live run's
+        assert Path(first.directory).exists() and Path(second.directory).exists()  # this process's
+    finally:
+        for child in (live, killed):
+            child.kill()
+            child.wait(timeout=30)
+    first.discard()
+    second.discard()
+    assert remove_stale_staging(base) == [str(live_dir)]  # once dead, it goes too
+    assert list(base.iterdir()) == []
+
+
+def test_staging_of_a_killed_unreaped_run_is_removed(tmp_path) -> None:
+    base = tmp_path / "staging"
+    zombie, directory = _stage_in_child(base, "wait")
+    try:
+        os.kill(zombie.pid, signal.SIGKILL)
+        for _ in range(200):  # until the kernel has made it a zombie (not reaped: no wait)
+            if not Path(f"/proc/{zombie.pid}").exists() or "Z" in _state(zombie.pid):
+                break
+            time.sleep(0.05)
+        assert remove_stale_staging(base) == [str(directory)]
+    finally:
+        zombie.wait(timeout=30)
+
+
+def _state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[-1].split()[0]
+    except OSError:
+        return ""
+
+
+def test_staging_of_a_run_that_exited_without_cleaning_up_is_removed(tmp_path) -> None:
+    base = tmp_path / "staging"
+    child, directory = _stage_in_child(base, "exit")
+    child.wait(timeout=30)
+    assert directory.exists()
+    ParquetStager(TAGS, str(base), processes=0).discard()
+    assert not directory.exists()
+    assert list(base.iterdir()) == []
+
+
+def test_only_directories_of_dead_owners_on_this_machine_are_removed(tmp_path) -> None:
+    me = StagingOwner.current()
+    reused_pid = StagingOwner(me.pid, me.host, me.boot, me.namespace, me.start + 1)  # another start time
+    elsewhere = StagingOwner(10**9 - 1, "f" * 8 if me.host != "f" * 8 else "e" * 8, me.boot, me.namespace, 1)
+    other_container = StagingOwner(
+        10**9 - 1, me.host, me.boot, "f" * 8 if me.namespace != "f" * 8 else "e" * 8, 1
+    )
+    impossible = StagingOwner(9_999_999_999, me.host, me.boot, me.namespace, 7)  # beyond any PID
+    other_boot = "f" * 8 if me.boot != "f" * 8 else "e" * 8
+    before_reboot = StagingOwner(me.pid, me.host, other_boot, me.namespace, me.start)  # same PID and start
+    dirs = {
+        "mine": f"omniload-tags-{me.tag}-abc123",
+        "reused-pid": f"omniload-tags-{reused_pid.tag}-abc123",
+        "gone-pid": f"omniload-tags-{StagingOwner(10**9 - 1, me.host, me.boot, me.namespace, 7).tag}-x",
+        "elsewhere": f"omniload-tags-{elsewhere.tag}-abc123",
+        "other-container": f"omniload-tags-{other_container.tag}-abc123",
+        "unrelated": "omniload-notes",
+        "impossible-pid": f"omniload-tags-{impossible.tag}-x",
+        "before-reboot": f"omniload-tags-{before_reboot.tag}-x",
+    }
+    for name in dirs.values():
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "part-000000.parquet").write_bytes(b"x" * 1000)
+    (tmp_path / f"omniload-tags-{reused_pid.tag}-file").write_text("a file, not a staging directory")
+    removed = remove_stale_staging(tmp_path)
+    dead = ("reused-pid", "gone-pid", "impossible-pid", *(("before-reboot",) if me.boot != "0" * 8 else ()))
+    assert sorted(removed) == sorted(str(tmp_path / dirs[k]) for k in dead)
+    kept = {p.name for p in tmp_path.iterdir()}
+    assert {dirs[k] for k in ("mine", "elsewhere", "other-container", "unrelated")} <= kept
+    assert f"omniload-tags-{reused_pid.tag}-file" in kept
+    assert (
+        StagingOwner.of_directory(Path(ParquetStager(TAGS, str(tmp_path), processes=0).directory).name) == me
+    )

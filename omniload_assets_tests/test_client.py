@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import threading
@@ -647,6 +648,155 @@ def test_resource_passes_a_bare_key_through(httpx_mock):
     assert request.headers["Authorization"] == f"Klaviyo-API-Key {KEY}"
     assert request.url.host == "a.klaviyo.com"
     assert request.url.scheme == "https"
+
+
+# -- keys that are not one printable token; keys in every representation --------------------------
+
+#: Passes validation, and every representation of it differs: quotes, %, a backslash, Latin-1, more.
+ODD_KEY = "pk_\"quoted'%41\u00e9\\x_\u20ac_3f9c2a7be41d4c08"
+
+
+@pytest.mark.parametrize(
+    ("api_key", "problem"),
+    [
+        (f"{KEY}\nsecond line", "a line break"),
+        (f"{KEY}\r\nX-Injected: 1", "a line break"),
+        (f"{KEY[:10]}\t{KEY[10:]}", "a tab"),
+        (f"{KEY[:10]} {KEY[10:]}", "a space"),
+        (f"{KEY}\x00", "a control character"),
+        (f"\x1b[31m{KEY}", "a control character"),
+        (f"{KEY}\u200b", "an invisible"),
+        (f"{KEY}\u2028tail", "a line break"),
+    ],
+)
+def test_a_key_that_is_not_one_printable_token_is_refused_before_any_request(httpx_mock, api_key, problem):
+    from omniload_assets_tests.test_security import leaks
+
+    with pytest.raises(KlaviyoConfigError) as caught:
+        KlaviyoClient(api_key, pace=False)
+    message = str(caught.value)
+    assert message.startswith("KLAVIYO_API_KEY is not a single printable token (it contains ")
+    assert problem in message and "paste the key again" in message
+    assert len(message.splitlines()) == 1
+    assert leaks(api_key, message, repr(caught.value)) == []
+    res = KlaviyoResource(api_key=api_key, base_url="http://127.0.0.1:8123")
+    with (
+        pytest.raises(KlaviyoConfigError, match="KLAVIYO_API_KEY is not a single printable"),
+        res.get_client(),
+    ):
+        pass
+    assert httpx_mock.get_requests() == []
+
+
+def test_a_key_in_a_klaviyo_uri_is_checked_before_the_uri_is_parsed(httpx_mock):
+    """urlsplit drops tabs and line breaks: unchecked, a mangled key would be mended silently."""
+    for uri in (f"klaviyo://?api_key={KEY[:9]}\n{KEY[9:]}", f"klaviyo://?api_key={KEY[:9]}%0D%0A{KEY[9:]}"):
+        res = KlaviyoResource(api_key=uri)
+        with pytest.raises(KlaviyoConfigError, match="KLAVIYO_API_KEY is not a single"), res.get_client():
+            pass
+    assert httpx_mock.get_requests() == []
+
+
+def raw_auth(request: httpx.Request) -> bytes:
+    """The Authorization header's bytes as sent."""
+    (value,) = [v for k, v in request.headers.raw if k.lower() == b"authorization"]
+    return value
+
+
+def test_a_key_beyond_latin_1_is_sent_and_a_401_explains(httpx_mock, sleeps):
+    httpx_mock.add_response(status_code=401, json=error_body("Incorrect authentication credentials.", 401))
+    with (
+        KlaviyoClient(ODD_KEY, pace=False, sleep=sleeps.append) as c,
+        pytest.raises(KlaviyoAuthError) as caught,
+    ):
+        list(c.iter_records(EVENTS, DAY))
+    assert "set KLAVIYO_API_KEY to a valid private API key" in str(caught.value)
+    assert raw_auth(httpx_mock.get_request()) == f"Klaviyo-API-Key {ODD_KEY}".encode()
+
+
+def test_a_latin_1_key_goes_as_latin_1_as_servers_read_headers(httpx_mock):
+    key = "pk_\"quoted'%41\u00e9_3f9c2a7be41d4c08"
+    httpx_mock.add_response(json=page([]))
+    with KlaviyoClient(key, pace=False) as c:
+        list(c.iter_records(EVENTS, DAY))
+    assert raw_auth(httpx_mock.get_request()) == f"Klaviyo-API-Key {key}".encode("latin-1")
+
+
+def _forms_mocks(m, forms: list[str]) -> None:
+    for form in forms[:3]:
+        m.add_exception(httpx.LocalProtocolError(f"Illegal header value {form}"))
+    m.add_response(status_code=400, text=" / ".join(forms))
+
+
+def test_every_representation_of_the_key_is_redacted_from_errors_and_logs(httpx_mock, caplog, sleeps):
+    from omniload_assets_tests.test_security import key_forms, leaks
+
+    caplog.set_level(logging.DEBUG)
+    header = f"Klaviyo-API-Key {ODD_KEY}"
+    forms = sorted(key_forms(ODD_KEY)) + [repr(header.encode()), repr(header), json.dumps(header)]
+    for form in forms[:3]:
+        httpx_mock.add_exception(httpx.LocalProtocolError(f"Illegal header value {form}"))
+    httpx_mock.add_response(status_code=400, text=" / ".join(forms))
+    client = KlaviyoClient(ODD_KEY, pace=False, sleep=sleeps.append, max_retries=3)
+    with client, pytest.raises(KlaviyoAPIError) as caught:
+        list(client.iter_records(EVENTS, DAY))
+    assert "***" in str(caught.value)
+    assert leaks(ODD_KEY, str(caught.value), repr(caught.value), caplog.text) == []
+    retries = [r.getMessage() for r in caplog.records if "retry" in r.getMessage()]
+    assert len(retries) == 3
+    assert all("Illegal header value ***" in line for line in retries)
+
+
+# -- base URLs -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("url", "problem"),
+    [
+        ("https://", "has no host"),
+        ("https:///api", "has no host"),
+        ("https://:443", "has no host"),
+        ("https://a.klaviyo.com:99999", "invalid port"),
+        ("https://a.klaviyo.com:abc", "not a valid URL"),
+        ("http://127.0.0.1:0", "invalid port"),
+        ("https://[::1", "not a valid URL"),
+        ("https://a.klaviyo.com?x=1", "query"),
+        ("https://a.klaviyo.com/#top", "fragment"),
+        ("https://a..klaviyo.com", "invalid host"),
+        ("https://a%20b.klaviyo.com", "invalid host"),
+        ("https://a.klaviyo.com/\napi", "line break"),
+        ("", "empty"),
+    ],
+)
+def test_an_unusable_base_url_is_refused_in_one_line_before_any_request(httpx_mock, url, problem):
+    with pytest.raises(KlaviyoConfigError) as caught:
+        KlaviyoClient(KEY, base_url=url, pace=False)
+    message = str(caught.value)
+    assert problem in message and "KLAVIYO_BASE_URL" in message
+    assert len(message.splitlines()) == 1
+    with pytest.raises(KlaviyoConfigError, match="KLAVIYO_BASE_URL"):
+        KlaviyoResource(api_key=KEY, base_url=url or " ")  # when configured, not when used
+    assert httpx_mock.get_requests() == []
+
+
+def test_a_base_url_with_credentials_is_refused_without_echoing_them(httpx_mock):
+    with pytest.raises(KlaviyoConfigError, match="must not contain credentials") as caught:
+        KlaviyoClient(KEY, base_url="https://me:s3cr3t-pw@a.klaviyo.com", pace=False)
+    assert "s3cr3t-pw" not in str(caught.value)
+    assert "KLAVIYO_BASE_URL" in str(caught.value)
+
+
+def test_a_base_url_from_an_env_var_is_checked_when_the_run_resolves_it(httpx_mock, monkeypatch):
+    import dagster as dg
+
+    monkeypatch.setenv("KLAVIYO_BASE_URL", "https://a.klaviyo.com:99999")
+    res = KlaviyoResource(api_key=KEY, base_url=dg.EnvVar("KLAVIYO_BASE_URL"))  # not resolved yet
+    with pytest.raises(dg.DagsterResourceFunctionError) as caught, dg.build_resources({"klaviyo": res}):
+        pass
+    cause = caught.value.user_exception
+    assert isinstance(cause, KlaviyoConfigError)
+    assert "invalid port" in str(cause) and "KLAVIYO_BASE_URL" in str(cause)
+    assert httpx_mock.get_requests() == []
 
 
 # -- concurrency ---------------------------------------------------------------------------------

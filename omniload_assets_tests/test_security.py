@@ -1,12 +1,15 @@
 """The API key never leaves the process except in the Authorization header to the configured
-Klaviyo host: not in logs, exceptions, run storage, the UI's resource config, or DuckDB."""
+Klaviyo host: not in logs, exceptions, run storage, the UI's resource config, or DuckDB; in no
+representation (raw, repr, bytes repr, JSON, percent-encoded), whatever characters it holds."""
 
 from __future__ import annotations
 
+import json
 import logging
 import secrets
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import quote, quote_plus
 
 import dagster as dg
 import duckdb
@@ -25,11 +28,66 @@ from omniload_assets_tests.simulator import KlaviyoSimulator
 FIRST_DAY = SIM_START.date()
 LAST_DAY = SIM_END.date()
 
+#: Keys that pass validation, each shaped to be mangled differently by escaping and encoding:
+#: hex only; quotes, % (a percent-encoding in itself), a backslash and Latin-1; beyond Latin-1.
+KEY_SHAPES = {
+    "hex": "pk_{hex}",
+    "quoted": "pk_\"quoted'%41\u00e9\\{hex}",
+    "unicode": "pk_\u20ac\u6f22{hex}\U0001f511",
+}
+#: Keys with characters a key cannot hold: refused before any request.
+BAD_KEY_SHAPES = {
+    "line-feed": "pk_{hex}\nsecond line",
+    "crlf": "pk_{hex}\r\nX-Injected: 1",
+    "tab": "pk_{hex}\tx",
+    "escape": "pk_\x1b[31m{hex}",
+    "delete": "pk_{hex}\x7f",
+    "zero-width": "pk_\u200b{hex}",
+    "line-separator": "pk_{hex}\u2028x",
+    "quoted-newline": "pk_\"q'%0A\u00e9\n{hex}",
+}
 
-@pytest.fixture
-def secret_key() -> str:
-    """A key no other string in the run could contain by chance."""
-    return f"pk_{secrets.token_hex(20)}"
+
+def make_key(shape: str) -> str:
+    """A key of ``shape`` (see ``KEY_SHAPES``) no other string in the run could contain by chance."""
+    return shape.format(hex=secrets.token_hex(20))
+
+
+def key_forms(key: str) -> set[str]:
+    """The key as a message, log or file could show it: raw, repr (either quote escaped), ascii(),
+    bytes repr (UTF-8 and Latin-1), JSON (ASCII or not), percent-encoded, and escaped twice."""
+    forms = {
+        key,
+        repr(key)[1:-1],
+        repr(key + "'\"")[1:-4],  # as inside a repr that escapes '
+        ascii(key)[1:-1],
+        json.dumps(key)[1:-1],
+        json.dumps(key, ensure_ascii=False)[1:-1],
+        json.dumps(repr(key)[1:-1])[1:-1],
+        repr(repr(key)[1:-1])[1:-1],
+        quote(key),
+        quote(key, safe=""),
+        quote_plus(key),
+    }
+    for encoding in ("utf-8", "latin-1"):
+        try:
+            raw = key.encode(encoding)
+        except UnicodeEncodeError:
+            continue
+        forms |= {repr(raw)[2:-1], json.dumps(repr(raw)[2:-1])[1:-1], quote(raw), quote_plus(raw)}
+    return forms
+
+
+def leaks(key: str, *texts: str) -> list[str]:
+    """The forms of ``key`` (see ``key_forms``) found in ``texts``."""
+    return sorted({form for form in key_forms(key) for text in texts if form in text})
+
+
+@pytest.fixture(params=["hex", "quoted"])
+def secret_key(request: pytest.FixtureRequest) -> str:
+    """A key no other string in the run could contain by chance, of the shapes the simulator can
+    accept (it reads headers as Latin-1, so "unicode" can only be rejected: see below)."""
+    return make_key(KEY_SHAPES[request.param])
 
 
 @pytest.fixture
@@ -59,6 +117,13 @@ def debug_log(tmp_path: Path) -> Iterator[Path]:
 
 def files_containing(root: Path, needle: bytes) -> list[str]:
     return [str(p) for p in root.rglob("*") if p.is_file() and needle in p.read_bytes()]
+
+
+def files_leaking(root: Path, key: str) -> list[str]:
+    """Files under ``root`` holding a form of ``key``, as UTF-8, or as Latin-1 (the header's encoding)."""
+    needles = {form.encode() for form in key_forms(key)}
+    needles.add(key.encode("latin-1", "replace"))
+    return sorted({path for needle in needles for path in files_containing(root, needle)})
 
 
 def duckdb_text(db_path: Path) -> str:
@@ -121,18 +186,20 @@ def test_the_key_appears_nowhere_a_succeeding_and_failing_run_wrote(
         ]
     out, err = capfd.readouterr()
 
-    key = secret_key.encode()
     assert sim.stats.total_requests > 10
-    assert not any(secret_key in text for text in stored), "key in the event log or run record"
-    assert secret_key not in out and secret_key not in err, "key in stdout/stderr"
-    assert secret_key not in error_messages(denied) + error_messages(down)
+    assert leaks(secret_key, *stored) == [], "key in the event log or run record"
+    assert leaks(secret_key, out, err) == [], "key in stdout/stderr"
+    assert leaks(secret_key, error_messages(denied) + error_messages(down)) == []
     assert debug_log.stat().st_size > 0
-    assert files_containing(tmp_path, key) == [], "key in a file the runs wrote"
-    assert secret_key not in duckdb_text(db_path)
+    assert files_leaking(tmp_path, secret_key) == [], "key in a file the runs wrote"
+    assert leaks(secret_key, duckdb_text(db_path)) == []
 
 
-def test_a_rejected_key_is_not_echoed_anywhere(defs, simulator, instance, capfd, debug_log, monkeypatch):
-    wrong = f"pk_{secrets.token_hex(20)}"
+@pytest.mark.parametrize("shape", list(KEY_SHAPES))
+def test_a_rejected_key_is_not_echoed_anywhere(
+    defs, simulator, instance, capfd, debug_log, monkeypatch, shape
+):
+    wrong = make_key(KEY_SHAPES[shape])
     monkeypatch.setenv("KLAVIYO_API_KEY", wrong)
     from omniload_assets.definitions import build_definitions
 
@@ -143,9 +210,35 @@ def test_a_rejected_key_is_not_echoed_anywhere(defs, simulator, instance, capfd,
         raise_on_error=False,
     )
     assert not result.success and "401" in reason(result)
+    assert simulator.stats.total_requests == 1  # a 401 is not retried
     out, err = capfd.readouterr()
-    assert wrong not in out + err + error_messages(result) + debug_log.read_text()
-    assert wrong not in serialize_value(instance.all_logs(result.run_id))
+    assert leaks(wrong, out, err, error_messages(result), debug_log.read_text()) == []
+    assert leaks(wrong, serialize_value(instance.all_logs(result.run_id))) == []
+
+
+@pytest.mark.parametrize("shape", list(BAD_KEY_SHAPES))
+def test_a_key_with_a_control_character_is_refused_before_any_request(
+    defs, simulator, instance, capfd, debug_log, monkeypatch, tmp_path, shape
+):
+    bad = make_key(BAD_KEY_SHAPES[shape])
+    monkeypatch.setenv("KLAVIYO_API_KEY", bad)
+    from omniload_assets.definitions import build_definitions
+
+    result = dg.materialize(
+        [defs.get_assets_def(asset_key(get_table("tags")))],
+        resources=fast_resources(build_definitions()),
+        instance=instance,
+        raise_on_error=False,
+    )
+    assert not result.success
+    assert simulator.stats.total_requests == 0
+    line = reason(result)
+    assert "KLAVIYO_API_KEY is not a single printable token (it contains " in line
+    assert "paste the key again" in line
+    out, err = capfd.readouterr()
+    assert leaks(bad, out, err, error_messages(result), debug_log.read_text()) == []
+    assert leaks(bad, serialize_value(instance.all_logs(result.run_id))) == []
+    assert files_leaking(tmp_path, bad) == []
 
 
 def test_the_ui_resource_config_shows_the_variable_not_the_key(defs, simulator) -> None:

@@ -26,6 +26,7 @@ from omniload_assets.warehouse.connection import (
     resolve_database,
 )
 from omniload_assets.warehouse.writer import (
+    TableOwnerError,
     WriteResult,
     merge_into,
     qualified_name,
@@ -640,3 +641,100 @@ def test_a_merge_replacing_more_rows_than_the_memory_limit_holds_spills_instead_
             f"SELECT count(*), min(note) FROM {qualified_name(conn, SCHEMA, TABLE)}"
         ).fetchone()
     assert row == (n, "new note 0 " * 4)
+
+
+# -- what a table holds ----------------------------------------------------------------------------
+
+
+def comment(conn: duckdb.DuckDBPyConnection, table: str = TABLE) -> str | None:
+    row = conn.execute(
+        "SELECT comment FROM duckdb_tables() WHERE schema_name = ? AND table_name = ?", [SCHEMA, table]
+    ).fetchone()
+    return None if row is None else (row[0] or "")
+
+
+REFUSED = (
+    "klaviyo.events holds Klaviyo events (primary key id); refusing to write profiles into it: "
+    "choose another --dest-table"
+)
+
+
+@pytest.mark.parametrize("write", ["merge", "replace"])
+def test_another_source_is_refused_and_the_table_is_unchanged(conn, stage, write):
+    merge(conn, [stage([{"id": "a", "updated": ts(1), "n": 1}])], source="events")
+    assert comment(conn) == "Klaviyo events (primary key id), written by omniload"
+    before = snapshot(conn)
+    profiles = [stage([{"id": "p1", "updated": ts(2), "email": "x@example.com"}])]
+    with pytest.raises(TableOwnerError) as info:
+        if write == "merge":
+            merge(conn, profiles, source="profiles")
+        else:
+            replace_table(
+                conn,
+                schema=SCHEMA,
+                table=TABLE,
+                files=profiles,
+                primary_key="id",
+                column_types=TYPES,
+                source="profiles",
+            )
+    assert str(info.value) == REFUSED
+    assert snapshot(conn) == before  # no column added, no row mixed in
+    merge(conn, [stage([{"id": "b", "updated": ts(3)}])], source="events")  # its own source still writes
+    assert set(rows(conn)) == {"a", "b"}
+
+
+def test_the_record_survives_a_replace_and_a_reopen(db, stage):
+    def replace_tags(conn: duckdb.DuckDBPyConnection, source: str) -> WriteResult:
+        return replace_table(
+            conn,
+            schema=SCHEMA,
+            table=TABLE,
+            files=[stage([{"id": "t"}])],
+            primary_key="id",
+            column_types=TYPES,
+            source=source,
+        )
+
+    with open_database(db) as conn:
+        replace_tags(conn, "tags")
+        replace_tags(conn, "tags")
+        assert comment(conn) == "Klaviyo tags (primary key id), written by omniload"
+    with open_database(db) as conn:
+        with pytest.raises(TableOwnerError, match="holds Klaviyo tags .*refusing to write coupons"):
+            replace_tags(conn, "coupons")
+        assert tables(conn) == [TABLE]  # the record is the table's comment, no side table
+
+
+def test_a_table_without_a_record_is_adopted_when_it_has_the_primary_key(conn, stage):
+    merge(conn, [stage([{"id": "a", "updated": ts(1)}])])  # as written before records existed
+    conn.execute(f"COMMENT ON TABLE {FQ} IS 'owned by the data team'")
+    assert comment(conn) == "owned by the data team"
+    merge(conn, [stage([{"id": "b", "updated": ts(1)}])], source="events")
+    assert comment(conn) == "owned by the data team; Klaviyo events (primary key id), written by omniload"
+    with pytest.raises(TableOwnerError, match="holds Klaviyo events"):
+        merge(conn, [stage([{"id": "c"}])], source="profiles")
+    assert set(rows(conn)) == {"a", "b"}
+
+
+def test_a_table_of_someone_else_without_the_primary_key_is_refused(conn, stage):
+    conn.execute(f"CREATE SCHEMA {SCHEMA}.{SCHEMA}")
+    conn.execute(f"CREATE TABLE {FQ} (order_no INTEGER, total DOUBLE)")
+    conn.execute(f"INSERT INTO {FQ} VALUES (1, 9.5)")
+    with pytest.raises(TableOwnerError) as info:
+        merge(conn, [stage([{"id": "a", "updated": ts(1)}])], source="events")
+    assert str(info.value) == (
+        "klaviyo.events was not written by omniload and has no id column; refusing to write events "
+        "into it: choose another --dest-table"
+    )
+    assert columns(conn) == [("order_no", "INTEGER"), ("total", "DOUBLE")]
+    assert comment(conn) == ""
+
+
+def test_a_failed_first_write_records_nothing(conn, stage):
+    merge(conn, [stage([{"id": "a", "updated": ts(1)}])])
+    with pytest.raises(ValueError, match="NULL primary key"):
+        merge(conn, [stage([{"id": None, "updated": ts(1)}])], source="profiles")
+    assert comment(conn) == ""  # the record is written in the write's transaction, or not at all
+    merge(conn, [stage([{"id": "b", "updated": ts(1)}])], source="events")
+    assert "Klaviyo events" in (comment(conn) or "")

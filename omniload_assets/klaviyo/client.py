@@ -6,6 +6,7 @@ import hashlib
 import ipaddress
 import logging
 import random
+import re
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -27,7 +28,9 @@ from omniload_assets.klaviyo.errors import (
     KlaviyoPermissionError,
     KlaviyoQuotaExhausted,
     KlaviyoUnavailableError,
+    key_advice,
     redact,
+    validate_api_key,
 )
 from omniload_assets.klaviyo.extraction import Extraction
 from omniload_assets.klaviyo.pages import PageBatch, RawPage, parse_document, read_page
@@ -45,6 +48,10 @@ MAX_BACKOFF_S = 30.0
 #: 429s in a row on one request before the run gives up (another client is using the quota).
 MAX_THROTTLES = 50
 LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "::1", "[::1]"})
+#: A host name as DNS spells it (after IDNA encoding), or an IP literal.
+_HOST_NAME = re.compile(r"[a-z0-9_-]+(?:\.[a-z0-9_-]+)*\.?")
+#: What may be a ``user:password@`` in a URL (whatever precedes an ``@``), to mask in messages.
+_USERINFO = re.compile(r"[^/?#]*@")
 
 
 @dataclass
@@ -94,17 +101,64 @@ def _page_identity(url: str) -> tuple[str, tuple[tuple[str, str], ...]]:
     return parts.path.rstrip("/"), tuple(sorted(parse_qsl(parts.query, keep_blank_values=True)))
 
 
-def _validate_base_url(base_url: str) -> str:
-    """The base URL without a trailing slash; https, or http on a loopback address only."""
-    parts = urlsplit(base_url)
-    if parts.scheme == "https":
-        return base_url.rstrip("/")
-    if parts.scheme == "http" and _is_loopback(parts.hostname or ""):
-        return base_url.rstrip("/")
-    raise KlaviyoConfigError(
-        f"Klaviyo base URL {base_url!r} must be https:// (plain http is allowed only on loopback); "
-        "fix KLAVIYO_BASE_URL"
-    )
+def validate_base_url(base_url: str, name: str = "KLAVIYO_BASE_URL") -> str:
+    """The base URL without a trailing slash, if requests can go to it: https (plain http only on
+    loopback) with a host and a valid port, and no credentials, query or fragment. Otherwise a
+    one-line :class:`KlaviyoConfigError` naming ``name``, the variable to fix; nothing is sent."""
+    if not isinstance(base_url, str):
+        raise KlaviyoConfigError(f"{name} must be a URL such as {DEFAULT_BASE_URL}; fix {name}")
+    url = base_url.strip()
+    masked = _USERINFO.sub("***@", url)  # a password is never echoed
+    shown = repr(masked) if len(masked) <= 80 else repr(masked[:77]) + "..."
+
+    def refused(problem: str) -> KlaviyoConfigError:
+        return KlaviyoConfigError(f"Klaviyo base URL {shown} {problem}: fix {name}")
+
+    if not url:
+        raise KlaviyoConfigError(f"{name} is set but empty: unset it or set it to {DEFAULT_BASE_URL}")
+    if any(char.isspace() or not char.isprintable() for char in url):
+        raise refused("contains a space, line break or control character")
+    try:
+        parsed = httpx.URL(url)
+        host = parsed.raw_host.decode("ascii").lower()
+        port = parsed.port
+        parsed.host  # noqa: B018 (decodes IDNA, which the host's A-labels may fail)
+    except (httpx.InvalidURL, ValueError) as exc:  # IDNA errors are ValueErrors too
+        reason = _USERINFO.sub("***@", " ".join(str(exc).split()))[:100]
+        raise refused(f"is not a valid URL ({reason})") from None
+    if parsed.userinfo:  # not echoed: it holds a password
+        raise KlaviyoConfigError(f"{name} must not contain credentials (user:password@); fix {name}")
+    if parsed.scheme not in {"https", "http"}:
+        raise refused("must be https:// (plain http is allowed only on loopback)")
+    if not host:
+        raise refused(f"has no host (e.g. {DEFAULT_BASE_URL})")
+    if not (_HOST_NAME.fullmatch(host) or _is_ip(host)):
+        raise refused("has an invalid host name")
+    if port is not None and not 1 <= port <= 65535:
+        raise refused("has an invalid port (use 1-65535, or none)")
+    if parsed.query or parsed.fragment or "?" in url or "#" in url:
+        raise refused("must not have a query (?...) or fragment (#...)")
+    if parsed.scheme == "http" and not _is_loopback(host):
+        raise refused("must be https:// (plain http is allowed only on loopback)")
+    return url.rstrip("/")
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def _auth_header(api_key: str) -> bytes:
+    """The Authorization header's value: Latin-1 bytes, as HTTP/1.1 servers read a header (a key
+    with characters beyond Latin-1 goes as UTF-8; Klaviyo then rejects it with a 401)."""
+    value = f"Klaviyo-API-Key {api_key}"
+    try:
+        return value.encode("latin-1")
+    except UnicodeEncodeError:
+        return value.encode("utf-8")
 
 
 class KlaviyoClient:
@@ -123,14 +177,16 @@ class KlaviyoClient:
         max_connections: int = 32,
         pace: bool = True,
         sleep: Callable[[float], None] = time.sleep,
+        key_name: str = "KLAVIYO_API_KEY",
     ) -> None:
         """``retry_backoff_s`` is the first pause after a failed request; it doubles per retry
         (jittered, at most ``MAX_BACKOFF_S``). A 429 whose ``Retry-After`` exceeds
-        ``max_retry_after_s`` fails at once with :class:`KlaviyoQuotaExhausted` (a daily quota)."""
-        if not api_key or not api_key.strip():
-            raise KlaviyoConfigError("no Klaviyo API key: set KLAVIYO_API_KEY to a private API key (pk_...)")
-        self._api_key = api_key.strip()
-        self.base_url = _validate_base_url(base_url)
+        ``max_retry_after_s`` fails at once with :class:`KlaviyoQuotaExhausted` (a daily quota).
+        ``key_name`` is where the key came from, named in messages about it (a variable or flag).
+        The key and base URL are checked here, before any request."""
+        self._api_key = validate_api_key(api_key or "", key_name)
+        self._key_name = key_name
+        self.base_url = validate_base_url(base_url)
         self.revision = revision
         self.max_retries = max_retries
         self.max_retry_after_s = max_retry_after_s
@@ -143,7 +199,7 @@ class KlaviyoClient:
         self._http = httpx.Client(
             base_url=self.base_url,
             headers={
-                "Authorization": f"Klaviyo-API-Key {self._api_key}",
+                "Authorization": _auth_header(self._api_key),
                 "revision": revision,
                 "Accept": "application/vnd.api+json",
                 "User-Agent": "omniload-assets/0.1",
@@ -302,8 +358,7 @@ class KlaviyoClient:
         detail = redact(detail, self._api_key) or response.reason_phrase
         if status == 401:
             return KlaviyoAuthError(
-                f"Klaviyo rejected the API key (401: {detail}); set KLAVIYO_API_KEY to a valid "
-                "private API key",
+                f"Klaviyo rejected the API key (401: {detail}); {key_advice(self._key_name)}",
                 status=status,
                 path=spec.path,
             )

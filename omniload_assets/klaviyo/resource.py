@@ -8,17 +8,27 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import dagster as dg
-from pydantic import Field
+from pydantic import Field, field_validator
 
-from omniload_assets.klaviyo.client import DEFAULT_BASE_URL, DEFAULT_REVISION, KlaviyoClient
-from omniload_assets.klaviyo.errors import KlaviyoConfigError
+from omniload_assets.klaviyo.client import (
+    DEFAULT_BASE_URL,
+    DEFAULT_REVISION,
+    KlaviyoClient,
+    validate_base_url,
+)
+from omniload_assets.klaviyo.errors import KlaviyoConfigError, validate_api_key
 
 
 def api_key_from_uri(value: str) -> str:
     """The key of a ``klaviyo://?api_key=...`` URI (the seed's format); other values unchanged."""
     if not value.startswith("klaviyo://"):
         return value
-    keys = parse_qs(urlsplit(value).query).get("api_key") or []
+    # Checked before parsing: urlsplit silently drops tabs and line breaks, mending a mangled key.
+    value = validate_api_key(value, "KLAVIYO_API_KEY")
+    try:
+        keys = parse_qs(urlsplit(value).query).get("api_key") or []
+    except ValueError:  # e.g. an unclosed [ in the host part
+        keys = []
     if not keys or not keys[0]:
         raise KlaviyoConfigError(
             "the klaviyo:// URI in KLAVIYO_API_KEY has no api_key: use klaviyo://?api_key=pk_... "
@@ -67,6 +77,15 @@ class KlaviyoResource(dg.ConfigurableResource):
         ge=0,
         description="First pause before retrying a failed request; doubles per retry, at most 30 s.",
     )
+
+    @field_validator("base_url", mode="before")
+    @classmethod
+    def _check_base_url(cls, value: Any) -> Any:
+        """Refuse an unusable base URL when the resource is configured (the definitions load), in
+        one line naming KLAVIYO_BASE_URL; an ``EnvVar`` is checked when the client is made."""
+        if isinstance(value, str) and value and not isinstance(value, dg.EnvVar):
+            validate_base_url(value)
+        return value
 
     def model_copy(self, *, update: Mapping[str, Any] | None = None, deep: bool = False) -> KlaviyoResource:
         """A copy with ``update`` applied, validated, and seen by Dagster.

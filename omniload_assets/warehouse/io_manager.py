@@ -19,10 +19,12 @@ from omniload_assets.warehouse.connection import DEFAULT_LOCK_TIMEOUT_S, check_w
 from omniload_assets.warehouse.staging import StagedTable
 from omniload_assets.warehouse.writer import (
     WriteResult,
+    check_name,
     merge_into,
     qualified_name,
     quote_ident,
     replace_table,
+    show_name,
 )
 
 PREVIEW_ROWS = 5
@@ -72,6 +74,7 @@ class KlaviyoTablesIOManager(dg.IOManager):
                         primary_key=spec.primary_key,
                         column_types=obj.column_types,
                         run_id=run_id,
+                        source=spec.name,
                     )
                 else:
                     result = merge_into(
@@ -83,6 +86,7 @@ class KlaviyoTablesIOManager(dg.IOManager):
                         incremental_key=spec.incremental_key,
                         column_types=obj.column_types,
                         run_id=run_id,
+                        source=spec.name,
                     )
                 preview = self._preview(conn, spec)
         finally:
@@ -199,11 +203,15 @@ class KlaviyoDuckDBIOManager(DuckDBIOManager):
         return []
 
     def create_io_manager(self, context: dg.InitResourceContext) -> KlaviyoTablesIOManager:
-        # A bad path fails the step here, before the asset spends time extracting.
+        # A bad path (in-memory, not a DuckDB database, unwritable) or table name fails the step here,
+        # before the asset spends time extracting.
         check_writable(self.database)
+        schema = check_name(self.schema_ or settings.duckdb_schema(), "schema")
+        for asset_name, table in self.table_names.items():
+            check_name(table, f"table_names[{show_name(asset_name)}] table")
         return KlaviyoTablesIOManager(
             database=self.database,
-            schema=self.schema_ or settings.duckdb_schema(),
+            schema=schema,
             lock_timeout_s=self.lock_timeout_s,
             table_names=self.table_names,
             memory_limit=settings.parse_memory_limit(self.memory_limit, "memory_limit"),

@@ -21,6 +21,12 @@ Column rules shared by both:
   ``BIGINT`` / ``DOUBLE`` (numbers into a numeric column), ``JSON`` (nested values) or ``VARCHAR``
   that holds every value. The widening is reported in the log.
 
+Each table records, as its DuckDB comment, the Klaviyo table and primary key it holds (``Klaviyo events
+(primary key id), written by omniload``), written in the same transaction as the rows (a replace carries
+it over to the swapped-in table). A write of another source into it is refused before anything changes
+(:class:`TableOwnerError`); a table without a record is adopted by the first write whose primary key
+column it has.
+
 Tables carry no PRIMARY KEY constraint (DuckDB cannot alter column types of indexed tables and
 the index slows bulk loads); uniqueness comes from de-duplicating every batch and upserting by key.
 """
@@ -29,6 +35,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -36,6 +43,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import duckdb
+
+from omniload_assets.warehouse.connection import WarehouseError
 
 logger = logging.getLogger(__name__)
 
@@ -61,6 +70,51 @@ _FLOAT_TYPES = {"FLOAT", "DOUBLE"}
 _FILE_INDEX = "__omniload_file_index"
 _FILE_ROW = "__omniload_file_row"
 _FILENAME = "__omniload_filename"
+#: Longest schema or table name accepted. DuckDB has no limit, but 63 is PostgreSQL's (names are
+#: cut at 63 bytes there) and so what the warehouses and SQL tools these tables travel to keep; a
+#: longer name fits no listing or message. The replace strategy's ``<table>__new`` still fits DuckDB.
+MAX_NAME_LENGTH = 63
+_SHOWN_NAME = 40  # characters of a refused name shown in its message
+_RECORD = re.compile(r"Klaviyo (?P<source>[^\s()]+) \(primary key (?P<pk>[^()]+)\), written by omniload")
+
+
+class TableNameError(WarehouseError, ValueError):
+    """A schema or table name that DuckDB or people could not reasonably use."""
+
+
+class TableOwnerError(WarehouseError):
+    """The target table holds another Klaviyo table (or is not one of ours): nothing was written."""
+
+
+def check_name(name: str, what: str = "table") -> str:
+    """``name`` if it can name a schema or table; else :class:`TableNameError` with a one-line reason.
+
+    A name is 1 to :data:`MAX_NAME_LENGTH` printable characters (no control or invisible ones),
+    without surrounding spaces or a ``.`` (``--dest-table`` reads it as schema.table).
+    """
+    shown = show_name(name)
+    if not name.strip():
+        raise TableNameError(f"the {what} name is empty; use letters, digits and _, e.g. events")
+    bad = sorted({f"U+{ord(c):04X}" for c in name if not c.isprintable()})
+    if bad:
+        raise TableNameError(
+            f"the {what} name {shown} contains control or invisible characters ({', '.join(bad[:5])}); "
+            "use letters, digits and _"
+        )
+    if len(name) > MAX_NAME_LENGTH:
+        raise TableNameError(
+            f"the {what} name {shown} has {len(name):,} characters; use at most {MAX_NAME_LENGTH}"
+        )
+    if name != name.strip() or "." in name:
+        raise TableNameError(
+            f"the {what} name {shown} has surrounding spaces or a '.'; use letters, digits and _"
+        )
+    return name
+
+
+def show_name(name: str) -> str:
+    """``name`` quoted for a message: one line (control characters escaped), at most 40 characters."""
+    return repr(name[:_SHOWN_NAME]) + ("…" if len(name) > _SHOWN_NAME else "")
 
 
 @dataclass(frozen=True)
@@ -85,6 +139,7 @@ def merge_into(
     incremental_key: str | None,
     column_types: Mapping[str, str],
     run_id: str | None = None,
+    source: str | None = None,
 ) -> WriteResult:
     """Upsert the rows of ``files`` into ``schema.table`` by ``primary_key`` in one transaction.
 
@@ -95,9 +150,11 @@ def merge_into(
     Creates the schema and table when missing and adds new columns (``columns_added`` lists the
     columns added to an already existing table). An empty ``files`` only creates the table.
 
-    Raises ``ValueError`` (and writes nothing) if any staged row has a NULL primary key.
+    Raises ``ValueError`` (and writes nothing) if any staged row has a NULL primary key. With
+    ``source`` (the Klaviyo table's name) the table's record is checked and kept (module docstring):
+    :class:`TableOwnerError`, and nothing written, if it holds another source.
     """
-    loader = _Loader(conn, schema, table, files, primary_key, incremental_key, column_types)
+    loader = _Loader(conn, schema, table, files, primary_key, incremental_key, column_types, source)
     with _unordered_inserts(conn), _transaction(conn):
         return loader.merge(run_id)
 
@@ -111,6 +168,7 @@ def replace_table(
     primary_key: str,
     column_types: Mapping[str, str],
     run_id: str | None = None,
+    source: str | None = None,
 ) -> WriteResult:
     """Replace ``schema.table`` with the rows of ``files``, atomically.
 
@@ -121,9 +179,10 @@ def replace_table(
     ``inserted`` counts keys not in the old table, ``updated`` keys that were. An empty ``files``
     leaves an empty table with the right columns.
 
-    Raises ``ValueError`` (and changes nothing) if any staged row has a NULL primary key.
+    Raises ``ValueError`` (and changes nothing) if any staged row has a NULL primary key, and
+    :class:`TableOwnerError` if ``source`` is given and the table holds another (see :func:`merge_into`).
     """
-    loader = _Loader(conn, schema, table, files, primary_key, None, column_types)
+    loader = _Loader(conn, schema, table, files, primary_key, None, column_types, source)
     with _unordered_inserts(conn), _transaction(conn):
         return loader.replace(run_id)
 
@@ -225,8 +284,10 @@ class _Loader:
         primary_key: str,
         incremental_key: str | None,
         column_types: Mapping[str, str],
+        source_table: str | None = None,
     ) -> None:
         self.conn = conn
+        self.source_table = source_table  # the Klaviyo table written, recorded on the target
         self.schema = schema
         self.table = table
         self.files = [os.fspath(f) for f in files]
@@ -243,6 +304,47 @@ class _Loader:
 
     def _qualified(self, table: str) -> str:
         return f"{quote_ident(self.catalog)}.{quote_ident(self.schema)}.{quote_ident(table)}"
+
+    # -- the record of what the table holds -----------------------------------------------
+
+    def _comment(self, table: str) -> str | None:
+        """The DuckDB comment of ``table`` (empty string if none); None if the table does not exist."""
+        rows = self.conn.execute(
+            "SELECT comment FROM duckdb_tables() WHERE database_name = ? "
+            "AND lower(schema_name) = lower(?) AND lower(table_name) = lower(?)",
+            [self.catalog, self.schema, table],
+        ).fetchall()
+        return None if not rows else str(rows[0][0] or "")
+
+    def _claim(self, existing: list[tuple[str, str]] | None) -> tuple[str | None, str | None]:
+        """Check, before anything changes, that this write may go into the table.
+
+        Returns the table's current comment and the comment to record (None: leave it as it is).
+        Raises :class:`TableOwnerError` when the table records another source or primary key, or
+        has no record and lacks the primary key column (so it is not a table of this source).
+        """
+        comment = self._comment(self.table)
+        if self.source_table is None:
+            return comment, None
+        recorded = _RECORD.search(comment or "")
+        where = f"{self.schema}.{self.table}"
+        if recorded is not None:
+            if recorded["source"] == self.source_table and recorded["pk"] == self.primary_key:
+                return comment, None
+            raise TableOwnerError(
+                f"{where} holds Klaviyo {recorded['source']} (primary key {recorded['pk']}); refusing to "
+                f"write {self.source_table} into it: choose another --dest-table"
+            )
+        if existing is not None and self.primary_key.lower() not in {n.lower() for n, _ in existing}:
+            raise TableOwnerError(
+                f"{where} was not written by omniload and has no {self.primary_key} column; refusing to "
+                f"write {self.source_table} into it: choose another --dest-table"
+            )
+        record = f"Klaviyo {self.source_table} (primary key {self.primary_key}), written by omniload"
+        return comment, f"{comment}; {record}" if comment else record
+
+    def _set_comment(self, table: str, comment: str) -> None:
+        self.conn.execute(f"COMMENT ON TABLE {self._qualified(table)} IS {_literal(comment)}")
 
     # -- planning ---------------------------------------------------------------------------
 
@@ -506,9 +608,10 @@ class _Loader:
 
     def merge(self, run_id: str | None) -> WriteResult:
         """The body of :func:`merge_into`, inside the caller's transaction."""
+        existing = self._existing_columns(self.schema, self.table)
+        _, record = self._claim(existing)
         schema = f"{quote_ident(self.catalog)}.{quote_ident(self.schema)}"
         self.conn.execute(f"CREATE SCHEMA IF NOT EXISTS {schema}")
-        existing = self._existing_columns(self.schema, self.table)
         columns, added = self._plan(existing)
         widened = self._validate_and_widen(columns)
         if existing is None:
@@ -517,6 +620,8 @@ class _Loader:
             self._create_table(self.table, columns)
         else:
             self._evolve(columns, added, widened)
+        if record is not None:
+            self._set_comment(self.table, record)
         if not self.files:
             return WriteResult(0, 0, 0, 0, self._count(f"SELECT count(*) FROM {self.target}"), added)
 
@@ -553,9 +658,10 @@ class _Loader:
 
     def replace(self, run_id: str | None) -> WriteResult:
         """The body of :func:`replace_table`, inside the caller's transaction."""
+        existing = self._existing_columns(self.schema, self.table)
+        comment, record = self._claim(existing)
         schema = f"{quote_ident(self.catalog)}.{quote_ident(self.schema)}"
         self.conn.execute(f"CREATE SCHEMA IF NOT EXISTS {schema}")
-        existing = self._existing_columns(self.schema, self.table)
         columns, added = self._plan(existing)
         widened = self._validate_and_widen(columns)
         for col in columns:
@@ -564,6 +670,8 @@ class _Loader:
         new_table = self._qualified(new_name)
         self.conn.execute(f"DROP TABLE IF EXISTS {new_table}")
         self._create_table(new_name, columns)
+        if record or comment:  # the swapped-in table keeps the record (and any comment) of the old one
+            self._set_comment(new_name, record or comment or "")
         data = [c for c in columns if c.name not in METADATA_COLUMNS]
         names = ", ".join(quote_ident(c.name) for c in data)
         rows = self._count(
