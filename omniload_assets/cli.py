@@ -340,6 +340,31 @@ def plan_ingest(args: argparse.Namespace, now: datetime | None = None) -> Ingest
     )
 
 
+def check_tables_hold_their_source(plan: IngestPlan) -> None:
+    """Refuse, before any request, to write a table into one that holds another Klaviyo table.
+
+    The write checks it again inside its transaction; this only saves the extraction. A database
+    another process holds open is left to that check.
+    """
+    import duckdb
+
+    from omniload_assets.warehouse.writer import table_refusal
+
+    if not is_local_file(plan.database) or not Path(plan.database).exists():
+        return
+    try:
+        conn = duckdb.connect(plan.database, read_only=True)
+    except duckdb.Error:
+        return
+    try:
+        for spec in plan.specs:
+            refusal = table_refusal(conn, plan.schema, plan.table_of(spec), spec.name, spec.primary_key)
+            if refusal is not None:
+                raise UsageError(refusal)
+    finally:
+        conn.close()
+
+
 # -- running it ----------------------------------------------------------------------------------
 
 
@@ -566,6 +591,7 @@ def ingest(args: argparse.Namespace) -> int:
     """``omniload ingest``: plan, run, report; the exit status."""
     try:
         plan = plan_ingest(args)
+        check_tables_hold_their_source(plan)
     except UsageError as exc:
         print(f"{PROG} ingest: error: {exc}", file=sys.stderr)
         return EXIT_USAGE

@@ -257,11 +257,13 @@ def test_profiles_into_the_events_table_is_refused_with_one_line(run, simulator,
     first = ingest("events")
     assert first.returncode == 0, first.stderr
     before = sorted(ids_in(tmp_path / "klaviyo.duckdb", "dest", "events"))
-    line = assert_one_line_error(ingest("profiles"), 1)
+    requests = simulator.stats.total_requests
+    line = assert_one_line_error(ingest("profiles"), 2)  # refused before the run, as a bad flag
     assert line.endswith(
         "dest.events holds Klaviyo events (primary key id); refusing to write profiles into it: "
         "choose another --dest-table"
     )
+    assert simulator.stats.total_requests == requests  # not one request for profiles
     assert sorted(ids_in(tmp_path / "klaviyo.duckdb", "dest", "events")) == before
 
 

@@ -86,6 +86,43 @@ class TableOwnerError(WarehouseError):
     """The target table holds another Klaviyo table (or is not one of ours): nothing was written."""
 
 
+def owner_refusal(
+    where: str, comment: str | None, columns: list[str] | None, source_table: str, primary_key: str
+) -> str | None:
+    """Why ``source_table`` may not go into the table ``where`` (None: it may).
+
+    ``comment`` is the table's DuckDB comment and ``columns`` its column names (None: no such table).
+    A table records the Klaviyo table it holds; one without a record must have the primary key column.
+    """
+    recorded = _RECORD.search(comment or "")
+    if recorded is not None:
+        if recorded["source"] == source_table and recorded["pk"] == primary_key:
+            return None
+        return (
+            f"{where} holds Klaviyo {recorded['source']} (primary key {recorded['pk']}); refusing to "
+            f"write {source_table} into it: choose another --dest-table"
+        )
+    if columns is not None and primary_key.lower() not in {n.lower() for n in columns}:
+        return (
+            f"{where} was not written by omniload and has no {primary_key} column; refusing to "
+            f"write {source_table} into it: choose another --dest-table"
+        )
+    return None
+
+
+def table_refusal(
+    conn: duckdb.DuckDBPyConnection, schema: str, table: str, source_table: str, primary_key: str
+) -> str | None:
+    """:func:`owner_refusal` for ``schema.table`` as it is in ``conn`` (a check before a run)."""
+    where = "WHERE lower(schema_name) = lower(?) AND lower(table_name) = lower(?)"
+    rows = conn.execute(f"SELECT comment FROM duckdb_tables() {where}", [schema, table]).fetchall()
+    if not rows:
+        return None
+    found = conn.execute(f"SELECT column_name FROM duckdb_columns() {where}", [schema, table]).fetchall()
+    columns = [str(r[0]) for r in found]
+    return owner_refusal(f"{schema}.{table}", str(rows[0][0] or ""), columns, source_table, primary_key)
+
+
 def check_name(name: str, what: str = "table") -> str:
     """``name`` if it can name a schema or table; else :class:`TableNameError` with a one-line reason.
 
@@ -326,20 +363,14 @@ class _Loader:
         comment = self._comment(self.table)
         if self.source_table is None:
             return comment, None
-        recorded = _RECORD.search(comment or "")
-        where = f"{self.schema}.{self.table}"
-        if recorded is not None:
-            if recorded["source"] == self.source_table and recorded["pk"] == self.primary_key:
-                return comment, None
-            raise TableOwnerError(
-                f"{where} holds Klaviyo {recorded['source']} (primary key {recorded['pk']}); refusing to "
-                f"write {self.source_table} into it: choose another --dest-table"
-            )
-        if existing is not None and self.primary_key.lower() not in {n.lower() for n, _ in existing}:
-            raise TableOwnerError(
-                f"{where} was not written by omniload and has no {self.primary_key} column; refusing to "
-                f"write {self.source_table} into it: choose another --dest-table"
-            )
+        columns = None if existing is None else [name for name, _ in existing]
+        refusal = owner_refusal(
+            f"{self.schema}.{self.table}", comment, columns, self.source_table, self.primary_key
+        )
+        if refusal is not None:
+            raise TableOwnerError(refusal)
+        if _RECORD.search(comment or "") is not None:
+            return comment, None
         record = f"Klaviyo {self.source_table} (primary key {self.primary_key}), written by omniload"
         return comment, f"{comment}; {record}" if comment else record
 
