@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: install demo test lint format bench soak dev clean
+.PHONY: install demo test contract lint format bench soak dev clean spec-diff
 
 install: $(VENV)/.installed
 
@@ -20,6 +20,9 @@ test: install  ## the whole test suite, lint included
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/pytest -q
+
+contract: install  ## requests, responses and columns against Klaviyo's OpenAPI document (../shared/klaviyo)
+	$(BIN)/pytest -q -m contract omniload_assets_tests/contract
 
 lint: install
 	$(BIN)/ruff check .
@@ -44,6 +47,10 @@ soak: install  ## a few minutes of syncs under faults and changing data; DuckDB 
 
 dev: install  ## the Dagster UI on http://127.0.0.1:3000 (set KLAVIYO_API_KEY first)
 	$(BIN)/dagster dev -w workspace.yaml
+
+spec-diff: install  ## what a newer Klaviyo OpenAPI document changes for the 15 tables: make spec-diff SPEC=new.json
+	@test -n "$(SPEC)" || { echo "usage: make spec-diff SPEC=path/to/openapi.json"; exit 2; }
+	$(BIN)/python -m omniload_assets_tests.contract_tools.spec_diff $(SPEC)
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache .ruff_cache

@@ -1,7 +1,10 @@
 """One software-defined asset per catalogue table, built by one factory."""
 
+import json
 import time
 import warnings
+from functools import cache
+from importlib import resources
 
 import dagster as dg
 
@@ -21,12 +24,22 @@ def asset_key(spec: TableSpec) -> dg.AssetKey:
     return dg.AssetKey([KEY_PREFIX, spec.asset_name])
 
 
+@cache
+def column_docs() -> dict[str, dict[str, str]]:
+    """Table -> column -> description, generated from Klaviyo's OpenAPI document into the package
+    (``python -m omniload_assets_tests.contract_tools.column_docs``)."""
+    text = resources.files("omniload_assets.klaviyo").joinpath("column_docs.json").read_text("utf-8")
+    return json.loads(text)
+
+
 def column_schema(spec: TableSpec) -> dg.TableSchema:
+    docs = column_docs().get(spec.name, {})
     return dg.TableSchema(
         columns=[
             dg.TableColumn(
                 name,
                 duck_type,
+                description=docs.get(name),
                 constraints=dg.TableColumnConstraints(nullable=False, unique=True)
                 if name == spec.primary_key
                 else None,

@@ -275,7 +275,7 @@ TABLES: tuple[TableSpec, ...] = (
         scope="flows:read",
         rate_limit=S,
         incremental_key="updated",
-        filter_operators=ALL_OPS,
+        filter_operators=frozenset({"equals"}) | ALL_OPS,
         max_page_size=50,
         columns={
             "name": "VARCHAR",

@@ -34,7 +34,7 @@ from omniload_assets.klaviyo.errors import (
 )
 from omniload_assets.klaviyo.extraction import Extraction
 from omniload_assets.klaviyo.pages import PageBatch, RawPage, parse_document, read_page
-from omniload_assets.klaviyo.ratelimit import limiter_for
+from omniload_assets.klaviyo.ratelimit import limiter_for, read_headers
 from omniload_assets.klaviyo.windows import TimeWindow
 
 log = logging.getLogger(__name__)
@@ -269,6 +269,11 @@ class KlaviyoClient:
                 with self._http.stream("GET", url, params=params) as response:
                     status = response.status_code
                     body = b"".join(response.iter_bytes()) if status == 200 else response.read()
+                if self.pace and status != 429:
+                    # Klaviyo's report of the steady window: slow down before a 429, not after one.
+                    server = read_headers(response.headers)
+                    if server is not None:
+                        limiter.observe(server)
                 if status == 200:
                     return decode(body)
             except httpx.TimeoutException as exc:

@@ -222,7 +222,7 @@ class Api:
                 self._count("faults", fault.kind)
                 early = self._early_fault(fault)
                 if early is not None:
-                    return self._finish(early)
+                    return self._finish(early, ep, split.query, headers)
             response = self._serve(ep, split.query, target, headers, fault)
         except ApiError as exc:
             response = Response(
@@ -231,10 +231,23 @@ class Api:
         except Exception:  # a simulator bug: say so loudly, as a 500
             traceback.print_exc()
             response = Response(500, error_body(500, "error", ERROR_TITLES[500], "Simulator error."))
-        return self._finish(response)
+        return self._finish(response, ep, split.query, headers)
 
-    def _finish(self, response: Response) -> Response:
+    def _finish(
+        self,
+        response: Response,
+        ep: Endpoint | None = None,
+        query: str = "",
+        headers: Mapping[str, str] | None = None,
+    ) -> Response:
         response.headers.setdefault("Content-Type", JSON_API)
+        unreported = "RateLimit-Limit" not in response.headers
+        if ep is not None and unreported and response.status != 429 and self.sim.rate_limits:
+            # As Klaviyo does: every response but a 429 reports the steady window of the key's endpoint.
+            auth = (headers or {}).get("Authorization") or (headers or {}).get("authorization") or ""
+            key = auth.removeprefix("Klaviyo-API-Key ")
+            tier = self._tier(ep, parse_qsl(query, keep_blank_values=True))
+            response.headers.update(RateLimiter.headers(self.limiter.state(key, ep.table, tier)))
         with self.stats_lock:
             self.stats.statuses[response.status] = self.stats.statuses.get(response.status, 0) + 1
         return response
@@ -297,21 +310,13 @@ class Api:
         pairs = parse_qsl(query, keep_blank_values=True)
         rate_headers: dict[str, str] = {}
         if sim.rate_limits:
-            predictive = ep.table == "profiles" and any(
-                k == "additional-fields[profile]" and "predictive_analytics" in v.split(",") for k, v in pairs
-            )
-            tier = self.tier_overrides.get(ep.table) or (PREDICTIVE_TIER if predictive else ep.tier)
-            decision = self.limiter.hit(sim.api_key, ep.table, tier)
+            decision = self.limiter.hit(sim.api_key, ep.table, self._tier(ep, pairs))
             if not decision.allowed:
                 with self.stats_lock:
                     self.stats.throttled += 1
                 retry = str(decision.retry_after)
                 return Response(429, throttled_body(decision.retry_after), {"Retry-After": retry})
-            rate_headers = {
-                "RateLimit-Limit": str(decision.limit),
-                "RateLimit-Remaining": str(decision.remaining),
-                "RateLimit-Reset": str(decision.reset),
-            }
+            rate_headers = RateLimiter.headers(decision)
         q = self._parse(ep, pairs)
         with self.data.lock:
             page = self._page(q)
@@ -320,6 +325,13 @@ class Api:
             self.stats.pages += 1
             self.stats.records += len(page.items)
         return Response(200, body, rate_headers, fault=fault, delay=self._latency(len(page.items)))
+
+    def _tier(self, ep: Endpoint, pairs: list[tuple[str, str]]) -> Tier:
+        """The limits a request counts against (profiles with predictive analytics have lower ones)."""
+        predictive = ep.table == "profiles" and any(
+            k == "additional-fields[profile]" and "predictive_analytics" in v.split(",") for k, v in pairs
+        )
+        return self.tier_overrides.get(ep.table) or (PREDICTIVE_TIER if predictive else ep.tier)
 
     def _latency(self, n: int) -> float:
         factor = float(self.sim.latency)

@@ -50,6 +50,24 @@ class RateLimiter:
                 self._prune(second, minute)
         return Decision(True, 0, tier.steady, tier.steady - steady - 1, reset)
 
+    def state(self, api_key: str, bucket: str, tier: Tier) -> Decision:
+        """The steady window as it stands, without counting a request (for non-counted responses)."""
+        now = self.clock()
+        minute = math.floor(now / 60)
+        reset = max(1, math.ceil((minute + 1) * 60 - now))
+        with self._lock:
+            steady = self._counts.get((api_key, bucket, "m", minute), 0)
+        return Decision(steady < tier.steady, 0, tier.steady, max(0, tier.steady - steady), reset)
+
+    @staticmethod
+    def headers(decision: Decision) -> dict[str, str]:
+        """Klaviyo's headers on every non-429 response: the state of the steady window."""
+        return {
+            "RateLimit-Limit": str(decision.limit),
+            "RateLimit-Remaining": str(decision.remaining),
+            "RateLimit-Reset": str(decision.reset),
+        }
+
     def _prune(self, second: int, minute: int) -> None:
         current = {("s", second), ("m", minute)}
         self._counts = {k: v for k, v in self._counts.items() if (k[2], k[3]) in current}
