@@ -26,12 +26,10 @@ from omniload_assets import settings
 from omniload_assets.assets import asset_key
 from omniload_assets.klaviyo.catalog import TABLES, TableSpec
 from omniload_assets.runner import RANGE_END_TAG, RANGE_START_TAG, partition_range_tags
+from omniload_assets.settings import INCREMENTAL_SCHEDULE, REPLACE_SCHEDULE
 
 INCREMENTAL_JOB = "klaviyo_incremental_job"
 REPLACE_JOB = "klaviyo_replace_job"
-INCREMENTAL_SCHEDULE = "klaviyo_incremental_schedule"
-REPLACE_SCHEDULE = "klaviyo_replace_schedule"
-CHANGE_SENSOR = "klaviyo_change_sensor"
 #: Run tag naming the schedule or sensor that requested a run.
 TRIGGER_TAG = "omniload/trigger"
 PARTITION_TAG = "dagster/partition"

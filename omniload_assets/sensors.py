@@ -37,7 +37,6 @@ from dagster._core.definitions.unresolved_asset_job_definition import Unresolved
 from omniload_assets import settings
 from omniload_assets.assets import asset_key
 from omniload_assets.automation import (
-    CHANGE_SENSOR,
     TRIGGER_TAG,
     Clock,
     incremental_tables,
@@ -51,6 +50,7 @@ from omniload_assets.klaviyo.client import ClientStats, KlaviyoClient
 from omniload_assets.klaviyo.errors import KlaviyoAuthError, KlaviyoConfigError, KlaviyoError
 from omniload_assets.klaviyo.resource import KlaviyoResource
 from omniload_assets.klaviyo.windows import ONE_MICROSECOND, combine_filters, format_datetime, parse_datetime
+from omniload_assets.settings import CHANGE_SENSOR
 from omniload_assets.warehouse.connection import (
     WarehouseError,
     is_local_file,

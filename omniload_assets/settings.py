@@ -229,6 +229,12 @@ def parse_whole_number(name: str, raw: str, minimum: int, maximum: int, unit: st
     return int(value)
 
 
+#: The schedules and sensors ``OMNILOAD_AUTOMATION`` can switch on (``automation.py`` builds them).
+INCREMENTAL_SCHEDULE = "klaviyo_incremental_schedule"
+REPLACE_SCHEDULE = "klaviyo_replace_schedule"
+CHANGE_SENSOR = "klaviyo_change_sensor"
+
+
 def automation_names() -> frozenset[str]:
     """Names of the schedules/sensors that start RUNNING (``OMNILOAD_AUTOMATION``); ``*`` means all."""
     return parse_automation(env_str("OMNILOAD_AUTOMATION"))
@@ -237,8 +243,6 @@ def automation_names() -> frozenset[str]:
 def parse_automation(raw: str) -> frozenset[str]:
     """``off``, ``all`` or names of this code location's schedules and sensors (``a,b``); else
     :class:`SettingsError` listing the names."""
-    from omniload_assets.automation import CHANGE_SENSOR, INCREMENTAL_SCHEDULE, REPLACE_SCHEDULE
-
     text = raw.strip().lower()
     if text in AUTOMATION_OFF:
         return frozenset()

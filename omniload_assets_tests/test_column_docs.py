@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import dagster as dg
-import pytest
 
 from omniload_assets.assets import asset_key
 from omniload_assets.klaviyo.catalog import TABLES
 from omniload_assets_tests.contract_tools import column_docs, openapi
-
-needs_spec = pytest.mark.skipif(not openapi.DEFAULT_SPEC.exists(), reason="../shared is not checked out")
 
 
 def test_every_column_of_every_built_asset_has_a_description(defs: dg.Definitions) -> None:
@@ -23,7 +20,6 @@ def test_every_column_of_every_built_asset_has_a_description(defs: dg.Definition
         assert all("\n" not in c.description for c in columns.values())
 
 
-@needs_spec
 def test_the_committed_file_equals_the_generators_output() -> None:
     expected = column_docs.render(column_docs.generate(openapi.load()))
     assert column_docs.OUTPUT.read_text(encoding="utf-8") == expected, (
@@ -32,7 +28,6 @@ def test_the_committed_file_equals_the_generators_output() -> None:
     )
 
 
-@needs_spec
 def test_descriptions_come_from_the_document_where_it_has_them() -> None:
     docs = column_docs.generate(openapi.load())
     assert docs["events"]["datetime"] == "Event timestamp in ISO8601 format (YYYY-MM-DDTHH:MM:SS+hh:mm)"
@@ -41,7 +36,6 @@ def test_descriptions_come_from_the_document_where_it_has_them() -> None:
     assert docs["images"]["size"] == column_docs.FALLBACK[("images", "size")]  # undescribed in the document
 
 
-@needs_spec
 def test_check_mode_reports_a_stale_file(tmp_path) -> None:
     stale = tmp_path / "column_docs.json"
     stale.write_text("{}\n", encoding="utf-8")

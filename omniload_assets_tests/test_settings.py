@@ -22,8 +22,9 @@ from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
 from omniload_assets import settings
-from omniload_assets.automation import CHANGE_SENSOR, INCREMENTAL_SCHEDULE, REPLACE_SCHEDULE, lookback_range
+from omniload_assets.automation import lookback_range
 from omniload_assets.klaviyo.catalog import TABLES
+from omniload_assets.settings import CHANGE_SENSOR, INCREMENTAL_SCHEDULE, REPLACE_SCHEDULE
 from omniload_assets.warehouse.writer import check_name
 
 TABLE_NAMES = [t.name for t in TABLES] + [t.asset_name for t in TABLES]

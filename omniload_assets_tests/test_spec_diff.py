@@ -9,8 +9,6 @@ import pytest
 
 from omniload_assets_tests.contract_tools import openapi, spec_diff
 
-pytestmark = pytest.mark.skipif(not openapi.DEFAULT_SPEC.exists(), reason="../shared is not checked out")
-
 
 @pytest.fixture(scope="module")
 def base() -> dict:

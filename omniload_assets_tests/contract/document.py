@@ -1,7 +1,9 @@
 """Klaviyo's OpenAPI document, as the contract tests read it: $refs resolved, the pinned revision's
 delta applied, each table's list operation reduced to the facts a request and a response are held to.
 
-The document (revision 2026-07-15) lives outside the repo, at ``<repo>/../shared/klaviyo``. Revision
+The document (revision 2026-07-15) and ``endpoints.json`` are kept here, in ``klaviyo/`` (the
+document gzipped), as copies of ``../shared/klaviyo``: a clone checks out wherever it is, and a test
+holds the copies to the shared originals where those are present. Revision
 2026-10-15, which the product pins, differs for campaigns, coupons and templates; those differences
 are read from ``endpoints.json`` (``rev_2026_10_15_delta``) and applied as an overlay on a copy of the
 document, so one code path checks every table. :data:`REVISION_CHECKED` says which revision each
@@ -11,6 +13,7 @@ fact of each table comes from.
 from __future__ import annotations
 
 import copy
+import gzip
 import json
 import re
 from dataclasses import dataclass
@@ -24,9 +27,12 @@ from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
+#: Where the originals are for developers and CI: ``../shared`` beside the repository.
 SHARED = REPO_ROOT.parent / "shared" / "klaviyo"
-DOCUMENT_PATH = SHARED / "openapi-2026-07-15.json"
-ENDPOINTS_PATH = SHARED / "endpoints.json"
+#: The copies the contract reads.
+VENDORED = Path(__file__).resolve().parent / "klaviyo"
+DOCUMENT_PATH = VENDORED / "openapi-2026-07-15.json.gz"
+ENDPOINTS_PATH = VENDORED / "endpoints.json"
 DOCUMENT_REVISION = "2026-07-15"
 PINNED_REVISION = "2026-10-15"
 #: The base URI the document is registered under for ``$ref`` resolution.
@@ -81,10 +87,10 @@ class DocumentMissing(RuntimeError):
 def _read(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise DocumentMissing(
-            f"Klaviyo contract: {path} is missing; the contract tests need the shared folder beside "
-            "the repo (../shared/klaviyo)"
+            f"Klaviyo contract: {path} is missing; copy it from ../shared/klaviyo (gzip the document)"
         )
-    return json.loads(path.read_text())
+    data = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+    return json.loads(data)
 
 
 def raw_document() -> dict[str, Any]:

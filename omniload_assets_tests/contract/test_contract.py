@@ -4,6 +4,7 @@ OpenAPI document (see the package docstring and ``document.REVISION_CHECKED``)."
 from __future__ import annotations
 
 import dataclasses
+import gzip
 from collections import Counter
 from typing import Any
 
@@ -323,3 +324,15 @@ def test_the_simulator_enforces_the_documented_operation(table) -> None:
     assert set(ep.attributes) == set(document.attribute_schemas(doc, table))
     kinds = {f: x.kind for f, x in ep.filters.items()}
     assert kinds == op.filter_kinds
+
+
+@pytest.mark.skipif(not document.SHARED.is_dir(), reason="no ../shared beside this clone to compare with")
+@pytest.mark.parametrize(
+    ("copy", "original"),
+    [("openapi-2026-07-15.json.gz", "openapi-2026-07-15.json"), ("endpoints.json", "endpoints.json")],
+)
+def test_the_contract_reads_exact_copies_of_the_shared_documents(copy: str, original: str) -> None:
+    data = (document.VENDORED / copy).read_bytes()
+    if copy.endswith(".gz"):
+        data = gzip.decompress(data)
+    assert data == (document.SHARED / original).read_bytes()

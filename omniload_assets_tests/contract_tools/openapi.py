@@ -2,23 +2,25 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 from pathlib import Path
 from typing import Any
 
 from omniload_assets.klaviyo.catalog import TableSpec
 
-#: The pinned document as CI has it: ``../shared`` beside the repository root.
+#: The pinned document: the contract's copy of ``../shared/klaviyo/openapi-2026-07-15.json``, gzipped.
 REPO_ROOT = Path(__file__).resolve().parents[2]
-DEFAULT_SPEC = REPO_ROOT.parent / "shared" / "klaviyo" / "openapi-2026-07-15.json"
+DEFAULT_SPEC = REPO_ROOT / "omniload_assets_tests" / "contract" / "klaviyo" / "openapi-2026-07-15.json.gz"
 JSON_API = "application/vnd.api+json"
 
 Schema = dict[str, Any]
 
 
 def load(path: Path | str = DEFAULT_SPEC) -> dict[str, Any]:
-    """The OpenAPI document at ``path``."""
-    return json.loads(Path(path).read_text(encoding="utf-8"))
+    """The OpenAPI document at ``path`` (gzipped if its name ends in ``.gz``)."""
+    data = Path(path).read_bytes()
+    return json.loads(gzip.decompress(data) if str(path).endswith(".gz") else data)
 
 
 def resolve(doc: dict[str, Any], schema: Schema) -> Schema:
