@@ -13,11 +13,8 @@ from dagster._core.storage.dagster_run import DagsterRun, DagsterRunStatus
 
 from omniload_assets.assets import asset_key
 from omniload_assets.automation import (
-    CHANGE_SENSOR,
     INCREMENTAL_JOB,
-    INCREMENTAL_SCHEDULE,
     REPLACE_JOB,
-    REPLACE_SCHEDULE,
     TRIGGER_TAG,
     incremental_tables,
     replace_tables,
@@ -26,6 +23,7 @@ from omniload_assets.klaviyo.catalog import TABLES, get_table
 from omniload_assets.klaviyo.resource import KlaviyoResource
 from omniload_assets.runner import RANGE_END_TAG, RANGE_START_TAG
 from omniload_assets.sensors import ChangeProbe, dump_marks, load_marks, warehouse_marks
+from omniload_assets.settings import CHANGE_SENSOR, INCREMENTAL_SCHEDULE, REPLACE_SCHEDULE
 from omniload_assets_tests.conftest import SIM_END, SIM_START, table_ids
 from omniload_assets_tests.simulator import KlaviyoSimulator
 
