@@ -269,12 +269,13 @@ def replace_cron() -> str:
 
 def parse_cron(name: str, raw: str) -> str:
     """A cron expression Dagster schedules accept (``0 * * * *``, ``@daily``), else :class:`SettingsError`."""
-    from dagster._utils.schedules import is_valid_cron_string
+    import dagster as dg
 
     cron = raw.strip()
-    try:
-        valid = is_valid_cron_string(cron)
-    except Exception:  # the cron parser's own errors on odd text: not a cron expression either
+    try:  # Dagster's public check: a schedule on it must be definable
+        dg.ScheduleDefinition(name="omniload_cron_check", cron_schedule=cron, job_name="omniload_cron_check")
+        valid = True
+    except Exception:  # an invalid definition, or the cron parser's own errors on odd text
         valid = False
     if not valid:
         raise SettingsError(f"{name}={raw!r} is not a cron expression, e.g. {ENV_VARS[name][0]!r}")
@@ -358,11 +359,16 @@ def asset_owners() -> list[str]:
 def parse_owners(raw: str) -> list[str]:
     """Comma-separated owners, each one Dagster takes (an email or ``team:<name>``); else
     :class:`SettingsError`."""
-    from dagster._core.definitions.utils import is_valid_owner
+    import dagster as dg
 
     owners = [o.strip() for o in raw.split(",") if o.strip()]
     for owner in owners:
-        if not is_valid_owner(owner):
+        try:  # Dagster's public check: an asset must take it as an owner
+            dg.AssetSpec(key="omniload_owner_check", owners=[owner])
+            valid = True
+        except dg.DagsterInvalidDefinitionError:
+            valid = False
+        if not valid:
             raise SettingsError(
                 f"OMNILOAD_ASSET_OWNERS: {owner!r} is not an owner; use an email or team:<name>"
             )
