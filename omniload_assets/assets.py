@@ -3,14 +3,18 @@
 import json
 import time
 import warnings
+from collections.abc import Callable
 from functools import cache
 from importlib import resources
 
 import dagster as dg
+import pyarrow as pa
 
 from omniload_assets import progress, settings
+from omniload_assets.klaviyo import extraction
 from omniload_assets.klaviyo.catalog import TABLES, TableSpec
 from omniload_assets.klaviyo.client import ClientStats
+from omniload_assets.klaviyo.decoders import decoder_for
 from omniload_assets.klaviyo.resource import KlaviyoResource
 from omniload_assets.partitions import WindowConfig, daily_partitions, run_window
 from omniload_assets.warehouse.staging import ParquetStager, StagedTable
@@ -52,42 +56,69 @@ def column_schema(spec: TableSpec) -> dg.TableSchema:
 def extract(
     context: dg.AssetExecutionContext, spec: TableSpec, klaviyo: KlaviyoResource, config: WindowConfig
 ) -> StagedTable:
-    """Page through the table's window and stage its rows as Parquet."""
+    """Page through the table's window and stage its rows as Parquet: the client fetches,
+    extraction plans, the decoder makes rows, the stager writes them (see the README's Design)."""
     window = run_window(context, config)
-    stats = ClientStats()
-    stager = ParquetStager(spec, settings.env("OMNILOAD_STAGING_DIR"), processes=klaviyo.decode_processes)
+    stager = ParquetStager(spec, settings.env("OMNILOAD_STAGING_DIR"))
+    decoder = decoder_for(spec, klaviyo.decode_processes)
     started = time.monotonic()
     context.log.info(f"extracting {spec.name} {'(all)' if window is None else window}")
-    progress.extraction_started(spec.name, stats)
+    report = _Progress(context, spec, started)
     try:
         with klaviyo.get_client() as client:
-            # Each worker turns its page into an Arrow table, so parsed JSON never piles up.
-            batches = stager.batches(
+            extraction.extract(
                 client,
+                spec,
                 window,
+                decoder,
+                report.staging(stager),
                 page_size=klaviyo.page_size,
                 parallelism=klaviyo.extract_parallelism,
-                stats=stats,
+                stats=report.stats,
             )
-            for n, batch in enumerate(batches, 1):
-                stager.add(batch)
-                progress.extraction_advanced(spec.name, stats)
-                if n % LOG_EVERY_PAGES == 0:
-                    rate = stats.records / max(time.monotonic() - started, 1e-6)
-                    context.log.info(
-                        f"{spec.name}: {stats.pages} pages, {stats.records} records "
-                        f"({rate:,.0f}/s), {stats.throttled} throttled"
-                    )
+        decoder.close()
         extract_s = time.monotonic() - started
         # started_at (epoch seconds) lets the IO manager report the whole duration, write included.
         timing = {"extract_s": extract_s, "started_at": time.time() - extract_s}
-        staged = stager.finish(window, {**stats.as_dict(), **timing})
-        progress.extraction_finished(spec.name, stats)
+        stats = {**report.stats.as_dict(), **timing, "pages_decoded_in_processes": decoder.pages_in_processes}
+        staged = stager.finish(window, stats, decoder.column_types())
+        progress.extraction_finished(spec.name, report.stats)
     except BaseException:
+        decoder.close()
         stager.discard()
         raise
     context.log.info(f"{spec.name}: staged {staged.rows} rows in {len(staged.files)} files")
     return staged
+
+
+class _Progress:
+    """Counts an extraction for the CLI's progress line and logs every ``LOG_EVERY_PAGES`` pages."""
+
+    def __init__(self, context: dg.AssetExecutionContext, spec: TableSpec, started: float) -> None:
+        self.context, self.spec, self.started = context, spec, started
+        self.stats = ClientStats()
+        self.pages = 0
+        progress.extraction_started(spec.name, self.stats)
+
+    def staging(self, stager: ParquetStager) -> Callable[[pa.Table], None]:
+        """A sink that stages each page's rows, then reports."""
+
+        def sink(rows: pa.Table) -> None:
+            stager.add(rows)
+            self.advanced()
+
+        return sink
+
+    def advanced(self) -> None:
+        stats = self.stats
+        progress.extraction_advanced(self.spec.name, stats)
+        self.pages += 1
+        if self.pages % LOG_EVERY_PAGES == 0:
+            rate = stats.records / max(time.monotonic() - self.started, 1e-6)
+            self.context.log.info(
+                f"{self.spec.name}: {stats.pages} pages, {stats.records} records "
+                f"({rate:,.0f}/s), {stats.throttled} throttled"
+            )
 
 
 def build_asset(spec: TableSpec, partitions_def: dg.PartitionsDefinition | None) -> dg.AssetsDefinition:

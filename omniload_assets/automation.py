@@ -16,11 +16,9 @@ No tick requests a run while a run of the same tables and partitions is still in
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
+from typing import Protocol
 
 import dagster as dg
-from dagster._core.definitions.unresolved_asset_job_definition import UnresolvedAssetJobDefinition
-from dagster._core.storage.dagster_run import IN_PROGRESS_RUN_STATUSES
-from dagster._utils.schedules import is_valid_cron_string
 
 from omniload_assets import settings
 from omniload_assets.assets import asset_key
@@ -34,10 +32,30 @@ REPLACE_JOB = "klaviyo_replace_job"
 TRIGGER_TAG = "omniload/trigger"
 PARTITION_TAG = "dagster/partition"
 
+#: Statuses of a run that has yet to finish: queued, starting, running, suspended or being canceled.
+IN_PROGRESS_STATUSES = (
+    dg.DagsterRunStatus.QUEUED,  # a queued run will materialize its partitions: not asked twice
+    dg.DagsterRunStatus.NOT_STARTED,
+    dg.DagsterRunStatus.STARTING,
+    dg.DagsterRunStatus.STARTED,
+    dg.DagsterRunStatus.SUSPENDED,
+    dg.DagsterRunStatus.CANCELING,
+)
+
 Clock = Callable[[], datetime]
 
 #: Asset key -> partition keys a run in flight is materializing; ``None`` means the whole asset.
 InFlight = Mapping[dg.AssetKey, frozenset[str] | None]
+
+
+class AssetJob(Protocol):
+    """What ``dg.define_asset_job`` returns, as the schedules and the sensor use it (by name).
+
+    Its class is not part of Dagster's public API, so it is not imported.
+    """
+
+    @property
+    def name(self) -> str: ...
 
 
 def utc_now() -> datetime:
@@ -58,10 +76,10 @@ def replace_tables() -> list[TableSpec]:
 class KlaviyoJobs:
     """The two asset jobs the schedules and the sensor target."""
 
-    incremental: UnresolvedAssetJobDefinition
-    replace: UnresolvedAssetJobDefinition
+    incremental: AssetJob
+    replace: AssetJob
 
-    def all(self) -> list[UnresolvedAssetJobDefinition]:
+    def all(self) -> list[AssetJob]:
         return [self.incremental, self.replace]
 
 
@@ -97,12 +115,6 @@ def sensor_status(name: str) -> dg.DefaultSensorStatus:
     return dg.DefaultSensorStatus.RUNNING if running else dg.DefaultSensorStatus.STOPPED
 
 
-def checked_cron(variable: str, cron: str) -> str:
-    if not is_valid_cron_string(cron):
-        raise settings.SettingsError(f"{variable}={cron!r} is not a cron expression, e.g. '0 * * * *'")
-    return cron
-
-
 def day_keys(first: date, last: date) -> frozenset[str]:
     """Daily partition keys ``first`` .. ``last`` inclusive."""
     return frozenset((first + timedelta(n)).isoformat() for n in range((last - first).days + 1))
@@ -135,7 +147,7 @@ def runs_in_flight(
         REPLACE_JOB: {asset_key(t) for t in replace_tables()},
     }
     found: dict[dg.AssetKey, frozenset[str] | None] = {}
-    for run in instance.get_runs(filters=dg.RunsFilter(statuses=list(IN_PROGRESS_RUN_STATUSES))):
+    for run in instance.get_runs(filters=dg.RunsFilter(statuses=list(IN_PROGRESS_STATUSES))):
         selected = run.asset_selection if run.asset_selection is not None else job_keys.get(run.job_name)
         if not selected:
             continue
@@ -161,14 +173,14 @@ def lookback_range(now: datetime, lookback_days: int, first_partition: date) -> 
 
 
 def build_incremental_schedule(
-    job: UnresolvedAssetJobDefinition,
+    job: AssetJob,
     *,
     cron: str | None = None,
     lookback_days: int | None = None,
     clock: Clock = utc_now,
 ) -> dg.ScheduleDefinition:
     """Today's partition plus the lookback, in one partition range run per tick."""
-    cron = checked_cron("OMNILOAD_SCHEDULE_CRON", cron or settings.schedule_cron())
+    cron = settings.parse_cron("OMNILOAD_SCHEDULE_CRON", cron) if cron else settings.schedule_cron()
     lookback = settings.lookback_days() if lookback_days is None else lookback_days
     first_partition = settings.start_date()
     keys = [asset_key(t) for t in incremental_tables()]
@@ -176,7 +188,7 @@ def build_incremental_schedule(
     @dg.schedule(
         name=INCREMENTAL_SCHEDULE,
         cron_schedule=cron,
-        job=job,
+        job_name=job.name,
         execution_timezone="UTC",
         default_status=schedule_status(INCREMENTAL_SCHEDULE),
         description=(
@@ -203,16 +215,16 @@ def build_incremental_schedule(
 
 
 def build_replace_schedule(
-    job: UnresolvedAssetJobDefinition, *, cron: str | None = None, clock: Clock = utc_now
+    job: AssetJob, *, cron: str | None = None, clock: Clock = utc_now
 ) -> dg.ScheduleDefinition:
     """The replace tables, whole, on their own cadence (daily by default)."""
-    cron = checked_cron("OMNILOAD_REPLACE_CRON", cron or settings.replace_cron())
+    cron = settings.parse_cron("OMNILOAD_REPLACE_CRON", cron) if cron else settings.replace_cron()
     keys = [asset_key(t) for t in replace_tables()]
 
     @dg.schedule(
         name=REPLACE_SCHEDULE,
         cron_schedule=cron,
-        job=job,
+        job_name=job.name,
         execution_timezone="UTC",
         default_status=schedule_status(REPLACE_SCHEDULE),
         description=f"Replaces {', '.join(t.name for t in replace_tables())} whole ({cron}, UTC).",

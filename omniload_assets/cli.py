@@ -20,12 +20,12 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from importlib import metadata
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any, NoReturn, TypeVar
-from urllib.parse import parse_qs, urlsplit
+from typing import IO, TYPE_CHECKING, Any, NamedTuple, NoReturn
 
 from omniload_assets import progress, settings
 from omniload_assets.klaviyo.catalog import TABLES, TableSpec, get_table
-from omniload_assets.klaviyo.errors import redact
+from omniload_assets.klaviyo.errors import KlaviyoConfigError, redact, retarget_key_advice
+from omniload_assets.klaviyo.source_uri import api_key_from_key_or_uri, api_key_from_uri
 from omniload_assets.progress import BarDisplay, LogDisplay, NullDisplay
 from omniload_assets.warehouse.connection import (
     WarehouseError,
@@ -36,7 +36,6 @@ from omniload_assets.warehouse.connection import (
 
 if TYPE_CHECKING:
     import dagster as dg
-    from pydantic import BaseModel
 
     from omniload_assets.runner import RunOutcome
 
@@ -44,7 +43,6 @@ PROG = "omniload"
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 MIN_PARALLELISM, MAX_PARALLELISM = 1, 64  # KlaviyoResource.extract_parallelism's bounds
 TABLE_NAMES = ", ".join(t.name for t in TABLES)
-R = TypeVar("R", bound="BaseModel")
 
 EXAMPLE = """\
 examples (the first is the seed's command; the second loads all 15 tables into klaviyo.<table>):
@@ -132,39 +130,20 @@ def parse_parallelism(text: str) -> int:
 
 
 def api_key_from_source_uri(uri: str | None) -> str:
-    """The key of ``--source-uri klaviyo://?api_key=...``, else of ``KLAVIYO_API_KEY``; refused
-    unless it is one printable token (a line break, tab or control character: a mangled paste)."""
-    from omniload_assets.klaviyo.errors import KlaviyoConfigError, validate_api_key
-
-    def checked(key: str, name: str) -> str:
-        try:
-            return validate_api_key(key, name)  # its message names `name`, never the key
-        except KlaviyoConfigError as exc:
-            raise UsageError(str(exc)) from None
-
-    if uri is None:
-        from_env = (os.environ.get("KLAVIYO_API_KEY") or "").strip()
-        if not from_env:
+    """The key of ``--source-uri klaviyo://?api_key=...``, else of ``KLAVIYO_API_KEY`` (the key or
+    such a URI); a :class:`UsageError` naming the one it came from unless it is one printable token
+    (a line break, tab or control character: a mangled paste)."""
+    try:
+        if uri is not None:
+            return api_key_from_uri(uri, "--source-uri")
+        from_env = os.environ.get("KLAVIYO_API_KEY") or ""
+        if not from_env.strip():
             raise UsageError(
                 "no Klaviyo API key: pass --source-uri 'klaviyo://?api_key=pk_...' or set KLAVIYO_API_KEY"
             )
-        if not from_env.startswith("klaviyo://"):
-            return checked(from_env, "KLAVIYO_API_KEY")
-        uri, origin = from_env, "KLAVIYO_API_KEY"
-    else:
-        origin = "--source-uri"
-    # Before parsing: urlsplit silently drops tabs and line breaks, mending a mangled key.
-    checked(uri.strip(), origin)
-    try:
-        parts = urlsplit(uri.strip())
-    except ValueError:
-        raise UsageError(f"{origin} must look like klaviyo://?api_key=pk_... (it is not a URI)") from None
-    if parts.scheme != "klaviyo":
-        raise UsageError(f"{origin} must look like klaviyo://?api_key=pk_... (got scheme {parts.scheme!r})")
-    keys = [k.strip() for k in parse_qs(parts.query).get("api_key", []) if k.strip()]
-    if not keys:
-        raise UsageError(f"{origin} has no api_key: use klaviyo://?api_key=pk_...")
-    return checked(keys[0], f"the api_key in {origin}")
+        return api_key_from_key_or_uri(from_env, "KLAVIYO_API_KEY")
+    except KlaviyoConfigError as exc:  # its message names the flag or variable, never the key
+        raise UsageError(str(exc)) from None
 
 
 def database_from_dest_uri(uri: str | None) -> str:
@@ -389,21 +368,6 @@ def open_instance() -> dg.DagsterInstance:
     return dg.DagsterInstance.get() if os.environ.get("DAGSTER_HOME") else dg.DagsterInstance.ephemeral()
 
 
-def with_fields(resource: R, **updates: Any) -> R:
-    """A copy of a Dagster resource with some fields changed.
-
-    Not ``model_copy(update=...)``: Dagster builds the run's resource from the config resolved in
-    ``__init__``, which a pydantic copy keeps unchanged. Fields set explicitly (EnvVars included)
-    are passed on as they are.
-    """
-    cls = type(resource)
-    values = {
-        (cls.model_fields[name].alias or name): getattr(resource, name) for name in resource.model_fields_set
-    }
-    values.update(updates)
-    return cls(**values)
-
-
 def run_ingest(plan: IngestPlan, display: LogDisplay | BarDisplay | NullDisplay, verbose: bool) -> list[str]:
     """Materialize the tables' assets as ``plan`` says; return a one-line summary of each write."""
     # The definitions read these when built: the destination, and partitions that hold the range.
@@ -419,6 +383,7 @@ def run_ingest(plan: IngestPlan, display: LogDisplay | BarDisplay | NullDisplay,
 
     from omniload_assets.assets import IO_MANAGER_KEY, asset_key
     from omniload_assets.definitions import build_definitions
+    from omniload_assets.klaviyo.resource import with_fields
     from omniload_assets.runner import materialize_tables
 
     defs = build_definitions()
@@ -507,6 +472,31 @@ def summarize(
     )
 
 
+# -- why it failed: one line ----------------------------------------------------------------------
+
+#: Where an error of a failure's chain comes from, in the order a reason prefers them: this package
+#: (its messages say what to do), anywhere else, Dagster (its wrappers only say a step failed).
+OURS, OTHER, DAGSTER = "omniload_assets", "other", "dagster"
+INTERRUPTIONS = frozenset({"KeyboardInterrupt", "DagsterExecutionInterruptedError"})
+
+
+class ChainedError(NamedTuple):
+    """One error of a failure's chain: where it comes from, and the line a reason shows for it."""
+
+    source: str  # OURS, OTHER or DAGSTER
+    line: str
+
+
+def pick_reason(chain: Sequence[ChainedError], default: str) -> str:
+    """The one line that says why a run failed: the first of this package's errors in ``chain``,
+    else the first that is not Dagster's, else Dagster's own; ``default`` for an empty chain."""
+    for source in (OURS, OTHER, DAGSTER):
+        for error in chain:
+            if error.source == source:
+                return error.line
+    return default
+
+
 def causes(exc: BaseException) -> list[BaseException]:
     """``exc`` and what it wraps: Dagster's ``user_exception``, ``__cause__``, ``__context__``."""
     chain: list[BaseException] = []
@@ -518,61 +508,72 @@ def causes(exc: BaseException) -> list[BaseException]:
 
 
 def was_interrupted(exc: BaseException) -> bool:
-    return any(
-        isinstance(e, KeyboardInterrupt) or type(e).__name__ == "DagsterExecutionInterruptedError"
-        for e in causes(exc)
-    )
+    """Whether Ctrl-C is in ``exc``'s chain (Dagster wraps it)."""
+    return any(isinstance(e, KeyboardInterrupt) or type(e).__name__ in INTERRUPTIONS for e in causes(exc))
 
 
-def run_failure_reason(instance: dg.DagsterInstance, run_id: str) -> tuple[str, bool]:
-    """Why a run failed, from its step/run failure events (where Dagster keeps the whole chain),
-    and whether it was interrupted (Ctrl-C).
+def exception_chain(exc: BaseException) -> list[ChainedError]:
+    """``exc``'s chain (:func:`causes`) as :func:`pick_reason` takes it: the first line of each
+    message, after the class name unless the error is ours."""
+    chain = []
+    for error in causes(exc):
+        name, text = type(error).__name__, str(error).strip()
+        first = text.splitlines()[0] if text else ""
+        module = type(error).__module__
+        if module.startswith(OURS):
+            chain.append(ChainedError(OURS, first or name))
+        else:
+            source = DAGSTER if module.startswith(DAGSTER) else OTHER
+            chain.append(ChainedError(source, f"{name}: {first}".rstrip(": ")))
+    return chain
 
-    The first error raised by this package wins (``omniload_assets.…Error: message``), else the
-    first error that is not Dagster's own wrapper, else Dagster's message.
-    """
+
+def run_errors(instance: dg.DagsterInstance, run_id: str) -> list[Any]:
+    """The errors (``SerializableErrorInfo``) of a run's step and run failure events, each followed
+    breadth-first by its causes and contexts: Dagster keeps the whole chain there."""
     from dagster import DagsterEventType
 
-    infos = []
-    for entry in instance.all_logs(
-        run_id, of_type={DagsterEventType.STEP_FAILURE, DagsterEventType.RUN_FAILURE}
-    ):
-        error = (
-            getattr(entry.dagster_event.event_specific_data, "error", None) if entry.dagster_event else None
+    queue = [
+        getattr(entry.dagster_event.event_specific_data, "error", None) if entry.dagster_event else None
+        for entry in instance.all_logs(
+            run_id, of_type={DagsterEventType.STEP_FAILURE, DagsterEventType.RUN_FAILURE}
         )
-        if error is not None:
-            infos.append(error)
+    ]
     seen: list[Any] = []
-    while infos:
-        info = infos.pop(0)
+    while queue:
+        info = queue.pop(0)
         if info is None or any(info is s for s in seen):
             continue
         seen.append(info)
-        infos.extend((info.cause, info.context))
-    interrupted = any(
-        info.cls_name in {"KeyboardInterrupt", "DagsterExecutionInterruptedError"} for info in seen
-    )
-    messages = [str(info.message).strip() for info in seen if str(info.message).strip()]
-    for message in messages:
-        if message.startswith("omniload_assets."):
-            return message.split(": ", 1)[-1].splitlines()[0], interrupted
-    for message in messages:
-        if not message.startswith("dagster"):
-            return message.splitlines()[0], interrupted
-    return (messages[0].splitlines()[0] if messages else f"run {run_id} failed"), interrupted
+        queue.extend((info.cause, info.context))
+    return seen
 
 
-def failure_reason(exc: BaseException, secret: str | None = None) -> str:
-    """The one line that says why a run failed: our own error's message if one is in the chain."""
-    chain = causes(exc)
+def run_failure_reason(instance: dg.DagsterInstance, run_id: str) -> tuple[str, bool]:
+    """Why a run failed (:func:`pick_reason` over :func:`run_errors`), and whether it was
+    interrupted (Ctrl-C). Dagster's messages start with the class's full name
+    (``omniload_assets.…Error: message``); ours are shown without it."""
+    errors = run_errors(instance, run_id)
+    chain = []
+    for message in (str(info.message).strip() for info in errors):
+        if message.startswith(f"{OURS}."):
+            chain.append(ChainedError(OURS, message.split(": ", 1)[-1].splitlines()[0]))
+        elif message:
+            source = DAGSTER if message.startswith(DAGSTER) else OTHER
+            chain.append(ChainedError(source, message.splitlines()[0]))
+    interrupted = any(info.cls_name in INTERRUPTIONS for info in errors)
+    return pick_reason(chain, f"run {run_id} failed"), interrupted
+
+
+def failure_reason(exc: BaseException, secret: str | None = None, key_origin: str = "KLAVIYO_API_KEY") -> str:
+    """The one line ``omniload ingest`` prints for a failure: :func:`pick_reason` over ``exc``'s
+    chain (an :class:`IngestFailed` holds it, from the run's events), ``secret`` masked, and advice
+    to fix ``KLAVIYO_API_KEY`` aimed at ``key_origin``, where the user gave the key."""
     if isinstance(exc, IngestFailed):
-        return redact(str(exc), secret)
-    ours = [e for e in chain if type(e).__module__.startswith("omniload_assets")]
-    picked = ours[0] if ours else chain[-1]
-    text = str(picked).strip()
-    first = text.splitlines()[0] if text else ""
-    line = first if ours and first else f"{type(picked).__name__}: {first}".rstrip(": ")
-    return redact(line, secret)
+        line = str(exc)
+    else:
+        line = pick_reason(exception_chain(exc), type(exc).__name__)
+    return retarget_key_advice(redact(line, secret), key_origin)
 
 
 def choose_display(mode: str, stream: IO[str]) -> LogDisplay | BarDisplay | NullDisplay:
@@ -617,11 +618,9 @@ def ingest(args: argparse.Namespace) -> int:
             import traceback
 
             traceback.print_exc(file=sys.stderr)
-        reason = failure_reason(exc, plan.api_key)
-        if getattr(args, "source_uri", None) is not None:  # the run read the flag's key from the variable
-            from omniload_assets.klaviyo.errors import retarget_key_advice
-
-            reason = retarget_key_advice(reason, "--source-uri")
+        # The run read the key from the variable even when it came from the flag.
+        key_origin = "KLAVIYO_API_KEY" if args.source_uri is None else "--source-uri"
+        reason = failure_reason(exc, plan.api_key, key_origin)
         names = ", ".join(getattr(exc, "tables", ())) or plan.names
         print(f"{PROG}: error: ingest of {names} failed: {reason}", file=sys.stderr)
         return EXIT_FAILED
@@ -641,11 +640,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog=PROG,
         description="Load Klaviyo tables into DuckDB by materializing this project's Dagster assets.",
     )
-    try:
-        version = metadata.version("omniload_assets")
-    except metadata.PackageNotFoundError:
-        version = "unknown"
-    parser.add_argument("--version", action="version", version=f"%(prog)s {version}")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {package_version()}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=OneLineParser)
     cmd = commands.add_parser(
         "ingest",
@@ -655,6 +650,24 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EXAMPLE.format(tables=TABLE_NAMES),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    add_source_flags(cmd)
+    add_destination_flags(cmd)
+    add_interval_flags(cmd)
+    add_run_flags(cmd)
+    cmd.set_defaults(handler=ingest)
+    return parser
+
+
+def package_version() -> str:
+    """This package's installed version, else ``unknown``."""
+    try:
+        return metadata.version("omniload_assets")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def add_source_flags(cmd: argparse.ArgumentParser) -> None:
+    """``--source-table`` and ``--source-uri``: what to load, and the key to load it with."""
     cmd.add_argument(
         "--source-table",
         required=True,
@@ -669,6 +682,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="klaviyo://?api_key=pk_... (default: $KLAVIYO_API_KEY, a key or such a URI; prefer the "
         "variable, as command lines are visible to other users); the API base URL is $KLAVIYO_BASE_URL",
     )
+
+
+def add_destination_flags(cmd: argparse.ArgumentParser) -> None:
+    """``--dest-uri`` and ``--dest-table``: the DuckDB database and table to write."""
     cmd.add_argument(
         "--dest-uri",
         metavar="URI",
@@ -682,6 +699,10 @@ def build_parser() -> argparse.ArgumentParser:
         "(default: $OMNILOAD_DUCKDB_SCHEMA or klaviyo, then the table's name with - as _, "
         "e.g. klaviyo.catalog_items)",
     )
+
+
+def add_interval_flags(cmd: argparse.ArgumentParser) -> None:
+    """``--interval-start`` and ``--interval-end``: the UTC days to load."""
     cmd.add_argument(
         "--interval-start",
         type=parse_when,
@@ -695,6 +716,10 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="WHEN",
         help="UTC date or datetime to load up to, exclusive, rounded up to a whole day (default: now)",
     )
+
+
+def add_run_flags(cmd: argparse.ArgumentParser) -> None:
+    """``--extract-parallelism``, ``--progress`` and ``--verbose``: how the run goes and shows."""
     cmd.add_argument(
         "--extract-parallelism",
         type=parse_parallelism,
@@ -715,8 +740,6 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="also show Dagster's run logs, warnings, and the full traceback of a failure",
     )
-    cmd.set_defaults(handler=ingest)
-    return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:

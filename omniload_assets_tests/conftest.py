@@ -12,7 +12,7 @@ import duckdb
 import pytest
 
 from omniload_assets.klaviyo.catalog import TableSpec
-from omniload_assets.warehouse.writer import qualified_name
+from omniload_assets.warehouse.reads import qualified_name
 from omniload_assets_tests.simulator import KlaviyoSimulator
 
 SIM_START = datetime(2024, 1, 1, tzinfo=UTC)

@@ -11,7 +11,7 @@ import dagster as dg
 import duckdb
 
 from omniload_assets.klaviyo.catalog import TABLES
-from omniload_assets.warehouse.writer import qualified_name
+from omniload_assets.warehouse.reads import qualified_name
 from omniload_assets_tests.simulator import KlaviyoSimulator
 
 FIRST_DAY = date(2024, 1, 1)

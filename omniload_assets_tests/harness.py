@@ -25,7 +25,7 @@ import dagster as dg
 import duckdb
 
 from omniload_assets.klaviyo.catalog import TableSpec, get_table
-from omniload_assets.warehouse.writer import qualified_name
+from omniload_assets.warehouse.reads import qualified_name
 
 IN_WRITE = "IN_WRITE"
 LOCK_WAIT_MARKER = "is locked by another process"

@@ -4,27 +4,28 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import dagster as dg
 import pytest
-from dagster._core.storage.dagster_run import DagsterRun, DagsterRunStatus
 
 from omniload_assets.assets import asset_key
 from omniload_assets.automation import (
     INCREMENTAL_JOB,
     REPLACE_JOB,
     TRIGGER_TAG,
-    incremental_tables,
+    build_incremental_schedule,
+    build_replace_schedule,
     replace_tables,
+    runs_in_flight,
 )
 from omniload_assets.klaviyo.catalog import TABLES, get_table
-from omniload_assets.klaviyo.resource import KlaviyoResource
 from omniload_assets.runner import RANGE_END_TAG, RANGE_START_TAG
-from omniload_assets.sensors import ChangeProbe, dump_marks, load_marks, warehouse_marks
-from omniload_assets.settings import CHANGE_SENSOR, INCREMENTAL_SCHEDULE, REPLACE_SCHEDULE
-from omniload_assets_tests.conftest import SIM_END, SIM_START, table_ids
+from omniload_assets.sensors import dump_marks, load_marks
+from omniload_assets.settings import CHANGE_SENSOR, INCREMENTAL_SCHEDULE, REPLACE_SCHEDULE, SettingsError
+from omniload_assets.warehouse.reads import WarehouseReader
+from omniload_assets_tests.conftest import SIM_END, table_ids
 from omniload_assets_tests.simulator import KlaviyoSimulator
 
 #: A mix of every way the sensor asks: sort+filter (GE, GT-only, GT/LT), filter variants, full listing.
@@ -85,10 +86,10 @@ def run_request_now(
     )
 
 
-def add_run_in_flight(instance: dg.DagsterInstance, table: str, tags: dict[str, str]) -> DagsterRun:
-    run = DagsterRun(
+def add_run_in_flight(instance: dg.DagsterInstance, table: str, tags: dict[str, str]) -> dg.DagsterRun:
+    run = dg.DagsterRun(
         job_name=INCREMENTAL_JOB,
-        status=DagsterRunStatus.STARTED,
+        status=dg.DagsterRunStatus.STARTED,
         asset_selection=frozenset({asset_key(get_table(table))}),
         tags=tags,
     )
@@ -216,6 +217,39 @@ def test_schedules_skip_while_a_run_of_their_partitions_is_in_flight(defs, persi
     assert len(evaluate_schedule(defs, persistent_instance, INCREMENTAL_SCHEDULE, at)) == 1
 
 
+def test_runs_in_flight_are_those_still_materializing(persistent_instance) -> None:
+    key = asset_key(get_table("profiles"))
+    for status in (dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED):
+        persistent_instance.add_run(
+            dg.DagsterRun(job_name=INCREMENTAL_JOB, status=status, asset_selection=frozenset({key}))
+        )
+    assert runs_in_flight(persistent_instance, [key]) == {}
+    for status, day in (
+        (dg.DagsterRunStatus.STARTING, "2024-01-02"),
+        (dg.DagsterRunStatus.CANCELING, "2024-01-03"),
+        (dg.DagsterRunStatus.NOT_STARTED, "2024-01-04"),  # created, not yet queued or launched
+    ):
+        persistent_instance.add_run(
+            dg.DagsterRun(
+                job_name=INCREMENTAL_JOB,
+                status=status,
+                asset_selection=frozenset({key}),
+                tags={"dagster/partition": day},
+            )
+        )
+    days = frozenset({"2024-01-02", "2024-01-03", "2024-01-04"})
+    assert runs_in_flight(persistent_instance, [key]) == {key: days}
+
+
+def test_a_schedule_refuses_what_is_no_cron(sim_env) -> None:
+    job = dg.define_asset_job(INCREMENTAL_JOB)
+    with pytest.raises(SettingsError, match="OMNILOAD_SCHEDULE_CRON='every hour' is not a cron"):
+        build_incremental_schedule(job, cron="every hour")
+    with pytest.raises(SettingsError, match="OMNILOAD_REPLACE_CRON"):
+        build_replace_schedule(job, cron="61 * * * *")
+    assert build_replace_schedule(job, cron="@daily").cron_schedule == "@daily"
+
+
 def test_replace_schedule_refreshes_the_replace_tables(
     defs, simulator, db_path, persistent_instance, instance
 ) -> None:
@@ -251,7 +285,7 @@ def test_sensor_requests_exactly_the_changed_partitions_once(
     assert requested(first) == {}
     marks = load_marks(first.cursor)
     assert set(marks) == set(WATCHED)  # tables never materialized have no mark
-    assert marks == warehouse_marks(str(db_path), "klaviyo", [get_table(t) for t in WATCHED])
+    assert marks == WarehouseReader(str(db_path), "klaviyo").newest_keys([get_table(t) for t in WATCHED])
     # Cheap: one request per table (per filter variant) where the API sorts, one listing elsewhere.
     stats = simulator.stats
     for name in ("events", "profiles", "lists"):
@@ -336,42 +370,6 @@ def test_sensor_leaves_tables_never_materialized_to_the_schedule(
     assert requested(result) == {}
     assert load_marks(result.cursor) == {}
     assert sum(simulator.stats.requests.values()) == 0
-
-
-def test_probe_scan_budget_falls_back_to_every_later_day(simulator: KlaviyoSimulator) -> None:
-    spec = get_table("profiles")
-    mark = SIM_END - timedelta(microseconds=1)
-    for day in (12, 14, 17):
-        simulator.mutate("profiles", updated=1, added=0, at=datetime(2024, 1, day, 12, tzinfo=UTC))
-    klaviyo = KlaviyoResource(api_key=simulator.api_key, base_url=simulator.base_url)
-    with klaviyo.get_client() as client:
-        exact = ChangeProbe(client).changes(spec, mark)
-        budget = ChangeProbe(client, max_scan=1).changes(spec, mark)
-    assert exact is not None and budget is not None
-    assert exact.days == {date(2024, 1, d) for d in (12, 14, 17)}
-    # One scan request found the 12th; the rest of the span counts as changed (a safe superset).
-    assert budget.days == {date(2024, 1, d) for d in range(12, 18)}
-    assert exact.newest == budget.newest == datetime(2024, 1, 17, 12, tzinfo=UTC)
-
-
-def test_every_probed_table_is_accepted_by_the_api(simulator: KlaviyoSimulator) -> None:
-    """Sorts and filters the sensor sends exist on each endpoint (the simulator answers 400 otherwise)."""
-    klaviyo = KlaviyoResource(api_key=simulator.api_key, base_url=simulator.base_url)
-    mark = SIM_START + timedelta(days=5)
-    with klaviyo.get_client() as client:
-        for spec in incremental_tables():
-            change = ChangeProbe(client).changes(spec, mark)
-            assert change is not None, spec.name
-            expected = {
-                d.date()
-                for d in (
-                    datetime.fromisoformat(r["attributes"][spec.incremental_key]).astimezone(UTC)
-                    for r in simulator.records(spec.name)
-                    if r["attributes"].get(spec.incremental_key)
-                )
-                if d > mark
-            }
-            assert change.days == expected, spec.name
 
 
 def test_cursor_round_trips_and_tolerates_garbage() -> None:

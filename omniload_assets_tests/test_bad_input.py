@@ -301,7 +301,7 @@ def test_a_staging_dir_gone_bad_after_loading_fails_the_run_naming_the_variable(
 
 
 def test_a_staging_dir_removed_mid_run_names_the_variable(tmp_path) -> None:
-    stager = ParquetStager(TAGS, str(tmp_path / "staging"), processes=0)
+    stager = ParquetStager(TAGS, str(tmp_path / "staging"))
     shutil.rmtree(stager.directory)  # e.g. a temp-dir cleaner
     stager.add(pa.table({"id": ["a", "b"]}))
     with pytest.raises(StagingDirError) as caught:
@@ -496,7 +496,7 @@ import pyarrow as pa
 from omniload_assets.klaviyo.catalog import get_table
 from omniload_assets.warehouse.staging import ParquetStager
 
-stager = ParquetStager(get_table("tags"), sys.argv[1], rows_per_file=2, processes=0)
+stager = ParquetStager(get_table("tags"), sys.argv[1], rows_per_file=2)
 stager.add(pa.table({"id": ["a", "b", "c"]}))  # one file written, a row pending
 print(stager.directory, flush=True)
 if sys.argv[2] == "wait":
@@ -524,11 +524,11 @@ def test_staging_of_a_killed_run_is_removed_by_the_next_run_but_a_live_runs_stay
     live, live_dir = _stage_in_child(base, "wait")
     killed, killed_dir = _stage_in_child(base, "wait")
     try:
-        first = ParquetStager(TAGS, str(base), processes=0)  # both owners alive: nothing removed
+        first = ParquetStager(TAGS, str(base))  # both owners alive: nothing removed
         assert live_dir.exists() and killed_dir.exists()
         os.kill(killed.pid, signal.SIGKILL)
         killed.wait(timeout=30)
-        second = ParquetStager(TAGS, str(base), processes=0)
+        second = ParquetStager(TAGS, str(base))
         assert not killed_dir.exists()  # its owner died mid-staging
         assert live_dir.exists() and list(live_dir.glob("part-*.parquet"))  # never a live run's
         assert Path(first.directory).exists() and Path(second.directory).exists()  # this process's
@@ -568,7 +568,7 @@ def test_staging_of_a_run_that_exited_without_cleaning_up_is_removed(tmp_path) -
     child, directory = _stage_in_child(base, "exit")
     child.wait(timeout=30)
     assert directory.exists()
-    ParquetStager(TAGS, str(base), processes=0).discard()
+    ParquetStager(TAGS, str(base)).discard()
     assert not directory.exists()
     assert list(base.iterdir()) == []
 
@@ -603,6 +603,4 @@ def test_only_directories_of_dead_owners_on_this_machine_are_removed(tmp_path) -
     kept = {p.name for p in tmp_path.iterdir()}
     assert {dirs[k] for k in ("mine", "elsewhere", "other-container", "unrelated")} <= kept
     assert f"omniload-tags-{reused_pid.tag}-file" in kept
-    assert (
-        StagingOwner.of_directory(Path(ParquetStager(TAGS, str(tmp_path), processes=0).directory).name) == me
-    )
+    assert StagingOwner.of_directory(Path(ParquetStager(TAGS, str(tmp_path)).directory).name) == me

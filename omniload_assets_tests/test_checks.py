@@ -13,7 +13,7 @@ from omniload_assets import settings
 from omniload_assets.assets import asset_key
 from omniload_assets.checks import FRESHNESS, NOT_NULL, UNIQUE
 from omniload_assets.klaviyo.catalog import TABLES, get_table
-from omniload_assets.warehouse.writer import qualified_name
+from omniload_assets.warehouse.reads import qualified_name
 
 CHECKS = (UNIQUE, NOT_NULL, FRESHNESS)
 

@@ -14,12 +14,23 @@ import dagster as dg
 import duckdb
 import pytest
 
-from omniload_assets.cli import build_parser, choose_display, failure_reason, main, plan_ingest
+from omniload_assets.cli import (
+    DAGSTER,
+    OTHER,
+    OURS,
+    ChainedError,
+    build_parser,
+    choose_display,
+    failure_reason,
+    main,
+    pick_reason,
+    plan_ingest,
+)
 from omniload_assets.klaviyo.catalog import TABLES
 from omniload_assets.klaviyo.client import ClientStats
 from omniload_assets.klaviyo.errors import KlaviyoAuthError
 from omniload_assets.progress import BarDisplay, LogDisplay, NullDisplay
-from omniload_assets.warehouse.writer import qualified_name
+from omniload_assets.warehouse.reads import qualified_name
 from omniload_assets_tests.conftest import SIM_END, SIM_START, assert_tables_match_simulator
 
 OMNILOAD = Path(sys.executable).parent / "omniload"
@@ -470,3 +481,30 @@ def test_the_failure_reason_is_our_error_behind_dagsters_wrappers() -> None:
             raise dg.DagsterExecutionStepExecutionError("Error occurred while executing op") from inner
     except Exception as outer:
         assert failure_reason(outer, "pk_secret") == "Klaviyo rejected key *** (401)"
+
+
+def test_the_failure_reason_names_the_class_of_an_error_that_is_not_ours() -> None:
+    try:
+        try:
+            raise OSError("disk full\nmore")
+        except OSError as inner:
+            raise dg.DagsterInvariantViolationError("wrapped") from inner
+    except Exception as outer:
+        assert failure_reason(outer) == "OSError: disk full"
+    assert failure_reason(dg.DagsterInvariantViolationError("")) == "DagsterInvariantViolationError"
+
+
+def test_the_key_advice_of_a_failure_names_where_the_key_came_from() -> None:
+    exc = KlaviyoAuthError("rejected; set KLAVIYO_API_KEY to a valid private API key", status=401, path="/")
+    assert failure_reason(exc).endswith("set KLAVIYO_API_KEY to a valid private API key")
+    assert failure_reason(exc, key_origin="--source-uri").endswith(
+        "pass a valid private API key in --source-uri (klaviyo://?api_key=pk_...)"
+    )
+
+
+def test_a_reason_prefers_our_error_then_any_but_dagsters() -> None:
+    dagster, other, ours = ChainedError(DAGSTER, "d"), ChainedError(OTHER, "o"), ChainedError(OURS, "ours")
+    assert pick_reason([dagster, other, ours], "none") == "ours"
+    assert pick_reason([dagster, other], "none") == "o"
+    assert pick_reason([dagster], "none") == "d"
+    assert pick_reason([], "none") == "none"

@@ -27,6 +27,7 @@ from omniload_assets.klaviyo.errors import (
 from omniload_assets.klaviyo.ratelimit import SlidingWindowLimiter
 from omniload_assets.klaviyo.resource import KlaviyoResource
 from omniload_assets.klaviyo.windows import TimeWindow, parse_datetime
+from omniload_assets_tests.records import iter_records
 
 KEY = "pk_unit_test_3f9c2a7be41d4c08a6b5e9d1"
 BASE = "https://a.klaviyo.com"
@@ -116,7 +117,7 @@ def test_every_request_carries_auth_revision_and_accept_headers(httpx_mock, clie
     httpx_mock.add_response(status_code=503)  # the retried request must carry them too
     httpx_mock.add_response(json=page([resource("events", "e2", D0)]))
 
-    assert ids(client.iter_records(EVENTS, DAY)) == ["e1", "e2"]
+    assert ids(iter_records(client, EVENTS, DAY)) == ["e1", "e2"]
 
     requests = httpx_mock.get_requests()
     assert len(requests) == 3
@@ -138,7 +139,7 @@ def test_follows_links_next_verbatim_until_null(httpx_mock, client):
     httpx_mock.add_response(json=page([resource("events", "e4", D0)], None))
     stats = ClientStats()
 
-    batches = list(client.iter_records(EVENTS, DAY, stats=stats))
+    batches = list(iter_records(client, EVENTS, DAY, stats=stats))
 
     assert [[r["id"] for r in b] for b in batches] == [["e1"], ["e2", "e3"], ["e4"]]
     first, second, third = httpx_mock.get_requests()
@@ -157,13 +158,13 @@ def test_repeating_links_next_raises_pagination_error(httpx_mock, client):
     httpx_mock.add_response(json=page([resource("events", "e2", D0)], loop))
 
     with pytest.raises(KlaviyoPaginationError, match="same next page"):
-        list(client.iter_records(EVENTS, DAY))
+        list(iter_records(client, EVENTS, DAY))
     assert len(httpx_mock.get_requests()) == 2
 
 
 def test_empty_listing_is_one_request(httpx_mock, client):
     httpx_mock.add_response(json={"data": [], "links": {"next": None}})
-    assert ids(client.iter_records(EVENTS, DAY)) == []
+    assert ids(iter_records(client, EVENTS, DAY)) == []
     assert len(httpx_mock.get_requests()) == 1
 
 
@@ -173,7 +174,7 @@ def test_empty_listing_is_one_request(httpx_mock, client):
 def test_events_window_filter_is_exact_and_url_encoded(httpx_mock, client):
     httpx_mock.add_response(json=page([]))
 
-    list(client.iter_records(EVENTS, DAY))
+    list(iter_records(client, EVENTS, DAY))
 
     request = httpx_mock.get_request()
     assert single(request, "filter") == EVENTS_DAY_FILTER
@@ -187,14 +188,14 @@ def test_events_window_filter_is_exact_and_url_encoded(httpx_mock, client):
 def test_events_window_in_another_timezone_is_sent_in_utc(httpx_mock, client):
     httpx_mock.add_response(json=page([]))
     plus2 = datetime(2024, 1, 5, 2, tzinfo=timezone(timedelta(hours=2)))
-    list(client.iter_records(EVENTS, TimeWindow(plus2, plus2 + timedelta(days=1))))
+    list(iter_records(client, EVENTS, TimeWindow(plus2, plus2 + timedelta(days=1))))
     assert single(httpx_mock.get_request(), "filter") == EVENTS_DAY_FILTER
 
 
 def test_profiles_use_greater_than_start_minus_one_microsecond_and_less_than(httpx_mock, client):
     httpx_mock.add_response(json=page([]))
 
-    list(client.iter_records(get_table("profiles"), DAY))
+    list(iter_records(client, get_table("profiles"), DAY))
 
     request = httpx_mock.get_request()
     assert single(request, "filter") == (
@@ -217,7 +218,7 @@ def test_greater_than_only_endpoints_bound_the_upper_end_client_side(httpx_mock,
     ]
     httpx_mock.add_response(json=page(records))
 
-    got = ids(client.iter_records(get_table(table), DAY))
+    got = ids(iter_records(client, get_table(table), DAY))
 
     assert got == ["at-start", "inside", "last-us"]
     request = httpx_mock.get_request()
@@ -238,7 +239,7 @@ def test_unfilterable_endpoints_send_no_filter_and_window_client_side(httpx_mock
     ]
     httpx_mock.add_response(json=page(records))
 
-    got = ids(client.iter_records(spec, DAY))
+    got = ids(iter_records(client, spec, DAY))
 
     assert got == ["at-start", "inside"]
     request = httpx_mock.get_request()
@@ -251,7 +252,7 @@ def test_unfilterable_endpoints_send_no_filter_and_window_client_side(httpx_mock
 
 def test_metrics_send_no_page_size_even_when_one_is_configured(httpx_mock, client):
     httpx_mock.add_response(json=page([]))
-    list(client.iter_records(get_table("metrics"), DAY, page_size=50))
+    list(iter_records(client, get_table("metrics"), DAY, page_size=50))
     assert "page[size]" not in query(httpx_mock.get_request())
 
 
@@ -266,7 +267,7 @@ def test_campaigns_and_flows_query_archived_and_unarchived(httpx_mock, client, t
 
     httpx_mock.add_callback(answer, is_reusable=True)
 
-    got = ids(client.iter_records(get_table(table), DAY))
+    got = ids(iter_records(client, get_table(table), DAY))
 
     assert sorted(got) == ["archived-one", "live-one"]
     filters = sorted(single(r, "filter") for r in httpx_mock.get_requests())
@@ -294,14 +295,14 @@ def test_page_size_defaults_to_and_is_capped_at_the_endpoint_maximum(
 ):
     httpx_mock.add_response(json=page([]), is_reusable=True)
     spec = get_table(table)
-    list(client.iter_records(spec, DAY if spec.incremental_key else None, page_size=page_size))
+    list(iter_records(client, spec, DAY if spec.incremental_key else None, page_size=page_size))
     for request in httpx_mock.get_requests():
         assert single(request, "page[size]") == expected
 
 
 def test_replace_tables_send_no_filter(httpx_mock, client):
     httpx_mock.add_response(json=page([{"type": "tag", "id": "t1", "attributes": {"name": "x"}}]))
-    assert ids(client.iter_records(get_table("tags"))) == ["t1"]
+    assert ids(iter_records(client, get_table("tags"))) == ["t1"]
     assert "filter" not in query(httpx_mock.get_request())
 
 
@@ -323,8 +324,8 @@ def test_records_on_a_boundary_land_in_exactly_one_of_two_adjacent_windows(httpx
     httpx_mock.add_response(json=page(records), is_reusable=True)
     spec = get_table(table)
 
-    first = ids(client.iter_records(spec, DAY))
-    second = ids(client.iter_records(spec, NEXT_DAY))
+    first = ids(iter_records(client, spec, DAY))
+    second = ids(iter_records(client, spec, NEXT_DAY))
 
     assert first == ["first-day-start", "just-before"]
     assert second == ["on-boundary", "on-boundary-offset", "on-boundary-space-z", "just-after"]
@@ -342,7 +343,7 @@ def test_429_sleeps_for_retry_after_then_succeeds(httpx_mock, client, sleeps):
     httpx_mock.add_response(json=page([resource("events", "e1", D0)]))
     stats = ClientStats()
 
-    assert ids(client.iter_records(EVENTS, DAY, stats=stats)) == ["e1"]
+    assert ids(iter_records(client, EVENTS, DAY, stats=stats)) == ["e1"]
 
     assert len(sleeps) == 2
     assert 7 <= sleeps[0] <= 7.25
@@ -356,7 +357,7 @@ def test_429_sleeps_for_retry_after_then_succeeds(httpx_mock, client, sleeps):
 def test_429_without_retry_after_waits_a_second(httpx_mock, client, sleeps):
     httpx_mock.add_response(status_code=429)
     httpx_mock.add_response(json=page([]))
-    list(client.iter_records(EVENTS, DAY))
+    list(iter_records(client, EVENTS, DAY))
     assert len(sleeps) == 1
     assert 1 <= sleeps[0] <= 1.25
 
@@ -366,7 +367,7 @@ def test_429_longer_than_max_retry_after_fails_at_once_with_quota_message(httpx_
     stats = ClientStats()
 
     with pytest.raises(KlaviyoQuotaExhausted) as caught:
-        list(client.iter_records(EVENTS, DAY, stats=stats))
+        list(iter_records(client, EVENTS, DAY, stats=stats))
 
     message = str(caught.value)
     assert "quota" in message
@@ -388,7 +389,7 @@ def test_5xx_is_retried_with_growing_backoff_then_succeeds(httpx_mock, client, s
     httpx_mock.add_response(json=page([resource("events", "e1", D0)]))
     stats = ClientStats()
 
-    assert ids(client.iter_records(EVENTS, DAY, stats=stats)) == ["e1"]
+    assert ids(iter_records(client, EVENTS, DAY, stats=stats)) == ["e1"]
 
     # Exponential backoff with jitter: base 0.5 s doubling, times a factor in [0.5, 1].
     assert len(sleeps) == 3
@@ -404,7 +405,7 @@ def test_5xx_retries_exhausted_raise_unavailable(httpx_mock, sleeps):
         for _ in range(3):
             httpx_mock.add_response(status_code=502)
         with pytest.raises(KlaviyoUnavailableError) as caught:
-            list(client.iter_records(EVENTS, DAY))
+            list(iter_records(client, EVENTS, DAY))
     assert "/api/events" in str(caught.value)
     assert "HTTP 502" in str(caught.value)
     assert len(httpx_mock.get_requests()) == 3
@@ -415,7 +416,7 @@ def test_zero_retries_fail_on_the_first_5xx(httpx_mock, sleeps):
     with KlaviyoClient(KEY, pace=False, sleep=sleeps.append, max_retries=0) as client:
         httpx_mock.add_response(status_code=500)
         with pytest.raises(KlaviyoUnavailableError):
-            list(client.iter_records(EVENTS, DAY))
+            list(iter_records(client, EVENTS, DAY))
     assert sleeps == []
 
 
@@ -425,7 +426,7 @@ def test_transport_errors_are_retried(httpx_mock, client, sleeps):
     httpx_mock.add_response(json=page([resource("events", "e1", D0)]))
     stats = ClientStats()
 
-    assert ids(client.iter_records(EVENTS, DAY, stats=stats)) == ["e1"]
+    assert ids(iter_records(client, EVENTS, DAY, stats=stats)) == ["e1"]
     assert len(sleeps) == 2
     assert stats.retries == 2
 
@@ -434,7 +435,7 @@ def test_transport_errors_exhausted_raise_unavailable_naming_the_error(httpx_moc
     for _ in range(4):
         httpx_mock.add_exception(httpx.ReadTimeout("read timed out"))
     with pytest.raises(KlaviyoUnavailableError, match="ReadTimeout"):
-        list(client.iter_records(EVENTS, DAY))
+        list(iter_records(client, EVENTS, DAY))
     assert len(httpx_mock.get_requests()) == 4
 
 
@@ -444,7 +445,7 @@ def test_malformed_json_body_is_retried(httpx_mock, client, sleeps, body):
     httpx_mock.add_response(json=page([resource("events", "e1", D0)]))
     stats = ClientStats()
 
-    assert ids(client.iter_records(EVENTS, DAY, stats=stats)) == ["e1"]
+    assert ids(iter_records(client, EVENTS, DAY, stats=stats)) == ["e1"]
     assert stats.retries == 1
     assert len(sleeps) == 1
 
@@ -457,7 +458,7 @@ def test_401_raises_auth_error_naming_the_env_var(httpx_mock, client, sleeps):
         status_code=401, json=error_body("Incorrect authentication credentials.", 401, "not_authenticated")
     )
     with pytest.raises(KlaviyoAuthError) as caught:
-        list(client.iter_records(EVENTS, DAY))
+        list(iter_records(client, EVENTS, DAY))
     assert "KLAVIYO_API_KEY" in str(caught.value)
     assert "Incorrect authentication credentials." in str(caught.value)
     assert caught.value.status == 401
@@ -473,7 +474,7 @@ def test_403_raises_permission_error_naming_the_scope(httpx_mock, client, sleeps
     detail = "You do not have permission to perform this action."
     httpx_mock.add_response(status_code=403, json=error_body(detail, 403, "permission_denied"))
     with pytest.raises(KlaviyoPermissionError) as caught:
-        list(client.iter_records(get_table(table), DAY))
+        list(iter_records(client, get_table(table), DAY))
     message = str(caught.value)
     assert f"'{scope}'" in message
     assert detail in message
@@ -486,7 +487,7 @@ def test_400_raises_api_error_with_klaviyo_detail(httpx_mock, client, sleeps):
     detail = "'greater-or-equal' operator is not allowed for the 'updated' field"
     httpx_mock.add_response(status_code=400, json=error_body(detail, 400, "invalid"))
     with pytest.raises(KlaviyoAPIError) as caught:
-        list(client.iter_records(EVENTS, DAY))
+        list(iter_records(client, EVENTS, DAY))
     assert type(caught.value) is KlaviyoAPIError
     assert detail in str(caught.value)
     assert caught.value.status == 400
@@ -498,7 +499,7 @@ def test_400_raises_api_error_with_klaviyo_detail(httpx_mock, client, sleeps):
 def test_400_with_a_non_json_body_still_explains(httpx_mock, client):
     httpx_mock.add_response(status_code=400, text="bad filter syntax near ')'")
     with pytest.raises(KlaviyoAPIError, match="bad filter syntax"):
-        list(client.iter_records(EVENTS, DAY))
+        list(iter_records(client, EVENTS, DAY))
 
 
 # -- key redaction -------------------------------------------------------------------------------
@@ -547,7 +548,7 @@ def test_api_key_never_appears_in_errors_reprs_or_logs(httpx_mock, client, caplo
     mock(httpx_mock)
 
     with pytest.raises((KlaviyoAPIError, KlaviyoUnavailableError)) as caught:
-        list(client.iter_records(EVENTS, DAY))
+        list(iter_records(client, EVENTS, DAY))
 
     exc: BaseException | None = caught.value
     while exc is not None:
@@ -565,7 +566,7 @@ def test_redaction_keeps_the_rest_of_the_message(httpx_mock, client, caplog):
     caplog.set_level(logging.WARNING)
     _mock_transport(httpx_mock)
     with pytest.raises(KlaviyoUnavailableError) as caught:
-        list(client.iter_records(EVENTS, DAY))
+        list(iter_records(client, EVENTS, DAY))
     assert "proxy refused Klaviyo-API-Key ***" in str(caught.value)
     retries = [r for r in caplog.records if "retry" in r.getMessage()]
     assert len(retries) == 3
@@ -634,7 +635,7 @@ def test_resource_accepts_a_klaviyo_uri_and_sends_its_key(httpx_mock):
         api_key=f"klaviyo://?api_key={KEY}", base_url="http://127.0.0.1:8123", max_retries=0
     )
     with res.get_client() as c:
-        assert ids(c.iter_records(EVENTS, DAY)) == ["e1"]
+        assert ids(iter_records(c, EVENTS, DAY)) == ["e1"]
     request = httpx_mock.get_request()
     assert request.headers["Authorization"] == f"Klaviyo-API-Key {KEY}"
     assert str(request.url).startswith("http://127.0.0.1:8123/api/events?")
@@ -643,7 +644,7 @@ def test_resource_accepts_a_klaviyo_uri_and_sends_its_key(httpx_mock):
 def test_resource_passes_a_bare_key_through(httpx_mock):
     httpx_mock.add_response(json=page([]))
     with KlaviyoResource(api_key=KEY, max_retries=0).get_client() as c:
-        list(c.iter_records(EVENTS, DAY))
+        list(iter_records(c, EVENTS, DAY))
     request = httpx_mock.get_request()
     assert request.headers["Authorization"] == f"Klaviyo-API-Key {KEY}"
     assert request.url.host == "a.klaviyo.com"
@@ -709,7 +710,7 @@ def test_a_key_beyond_latin_1_is_sent_and_a_401_explains(httpx_mock, sleeps):
         KlaviyoClient(ODD_KEY, pace=False, sleep=sleeps.append) as c,
         pytest.raises(KlaviyoAuthError) as caught,
     ):
-        list(c.iter_records(EVENTS, DAY))
+        list(iter_records(c, EVENTS, DAY))
     assert "set KLAVIYO_API_KEY to a valid private API key" in str(caught.value)
     assert raw_auth(httpx_mock.get_request()) == f"Klaviyo-API-Key {ODD_KEY}".encode()
 
@@ -718,7 +719,7 @@ def test_a_latin_1_key_goes_as_latin_1_as_servers_read_headers(httpx_mock):
     key = "pk_\"quoted'%41\u00e9_3f9c2a7be41d4c08"
     httpx_mock.add_response(json=page([]))
     with KlaviyoClient(key, pace=False) as c:
-        list(c.iter_records(EVENTS, DAY))
+        list(iter_records(c, EVENTS, DAY))
     assert raw_auth(httpx_mock.get_request()) == f"Klaviyo-API-Key {key}".encode("latin-1")
 
 
@@ -739,7 +740,7 @@ def test_every_representation_of_the_key_is_redacted_from_errors_and_logs(httpx_
     httpx_mock.add_response(status_code=400, text=" / ".join(forms))
     client = KlaviyoClient(ODD_KEY, pace=False, sleep=sleeps.append, max_retries=3)
     with client, pytest.raises(KlaviyoAPIError) as caught:
-        list(client.iter_records(EVENTS, DAY))
+        list(iter_records(client, EVENTS, DAY))
     assert "***" in str(caught.value)
     assert leaks(ODD_KEY, str(caught.value), repr(caught.value), caplog.text) == []
     retries = [r.getMessage() for r in caplog.records if "retry" in r.getMessage()]
@@ -851,7 +852,7 @@ def test_parallel_extraction_yields_every_record_exactly_once(httpx_mock, client
     httpx_mock.add_callback(server, is_reusable=True)
     stats = ClientStats()
 
-    got = ids(client.iter_records(EVENTS, TimeWindow(start, end), page_size=7, parallelism=4, stats=stats))
+    got = ids(iter_records(client, EVENTS, TimeWindow(start, end), page_size=7, parallelism=4, stats=stats))
 
     expected = [e["id"] for e in events if e["id"] != "outside"]
     assert Counter(got) == Counter(expected)
@@ -869,7 +870,7 @@ def test_serial_extraction_pages_one_sorted_query(httpx_mock, client):
     server = FakeEventServer(events)
     httpx_mock.add_callback(server, is_reusable=True)
 
-    got = ids(client.iter_records(EVENTS, DAY, page_size=3, parallelism=1))
+    got = ids(iter_records(client, EVENTS, DAY, page_size=3, parallelism=1))
 
     assert got == [f"e{i}" for i in range(20)]
     assert server.windows == [(DAY.start, DAY.end)]
@@ -892,7 +893,7 @@ def test_parallel_extraction_raises_a_worker_error(httpx_mock, client):
 
     httpx_mock.add_callback(answer, is_reusable=True)
     with pytest.raises(KlaviyoPermissionError, match="events:read"):
-        list(client.iter_records(EVENTS, DAY, page_size=5, parallelism=4))
+        list(iter_records(client, EVENTS, DAY, page_size=5, parallelism=4))
     assert not [t for t in threading.enumerate() if t.name.startswith("klaviyo")]
 
 
@@ -906,7 +907,7 @@ def test_abandoning_a_parallel_extraction_stops_its_workers(httpx_mock, client):
         )
 
     httpx_mock.add_callback(endless, is_reusable=True)
-    batches = client.iter_records(EVENTS, DAY, parallelism=4)
+    batches = iter_records(client, EVENTS, DAY, parallelism=4)
     assert len(next(batches)) <= 1
     batches.close()  # returns only once every worker has been unblocked and has stopped
     assert not [t for t in threading.enumerate() if t.name.startswith("klaviyo")]
@@ -978,7 +979,7 @@ def test_client_paces_requests_through_the_shared_limiter(httpx_mock, monkeypatc
     httpx_mock.add_response(json=page([]))
     stats = ClientStats()
     with KlaviyoClient(KEY, pace=True) as paced:
-        list(paced.iter_records(EVENTS, DAY, stats=stats))
+        list(iter_records(paced, EVENTS, DAY, stats=stats))
     assert len(acquired) == 2
     assert stats.pacing_wait_s == pytest.approx(1.0)
 
@@ -992,4 +993,4 @@ def test_unpaced_client_never_touches_the_limiter(httpx_mock, monkeypatch, clien
 
     monkeypatch.setattr(client_module, "limiter_for", lambda account, path, limit: ExplodingLimiter())
     httpx_mock.add_response(json=page([]))
-    list(client.iter_records(EVENTS, DAY))
+    list(iter_records(client, EVENTS, DAY))

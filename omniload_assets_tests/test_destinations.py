@@ -232,6 +232,27 @@ def test_the_io_manager_refuses_an_unusable_table_names_entry(sim_env, simulator
         check_name("  ")
 
 
+def test_the_io_manager_is_a_plain_configurable_io_manager(monkeypatch, tmp_path: Path) -> None:
+    """Its config is its own five fields; an unset schema is OMNILOAD_DUCKDB_SCHEMA's, checked."""
+    assert isinstance(KlaviyoDuckDBIOManager(database="x.duckdb"), dg.ConfigurableIOManager)
+    fields = KlaviyoDuckDBIOManager.to_config_schema().as_field().config_type.fields
+    assert set(fields) == {"database", "schema", "lock_timeout_s", "table_names", "memory_limit"}
+    monkeypatch.setenv("OMNILOAD_DUCKDB_SCHEMA", "raw_klaviyo")
+    io_manager = KlaviyoDuckDBIOManager(
+        database=str(tmp_path / "k.duckdb"), lock_timeout_s=7, table_names={"events": "ev"}
+    )
+    reader = io_manager.reader()
+    assert (reader.schema, reader.lock_timeout_s, reader.table_name(get_table("events"))) == (
+        "raw_klaviyo",
+        7,
+        "ev",
+    )
+    assert io_manager.reader(lock_timeout_s=1).lock_timeout_s == 1
+    assert io_manager.table_name(get_table("profiles")) == "profiles"
+    with pytest.raises(TableNameError, match="schema name"):
+        KlaviyoDuckDBIOManager(database="x.duckdb", schema="a.b").reader()
+
+
 # -- another source into a table that holds one (issue 1), end to end ----------------------------
 
 

@@ -10,6 +10,7 @@ import pytest
 from omniload_assets.klaviyo.catalog import TABLES, get_table
 from omniload_assets.klaviyo.client import ClientStats, KlaviyoClient
 from omniload_assets.klaviyo.windows import TimeWindow
+from omniload_assets_tests.records import iter_records
 from omniload_assets_tests.simulator import KlaviyoSimulator
 
 WINDOW = TimeWindow(datetime(2024, 1, 3, tzinfo=UTC), datetime(2024, 1, 8, tzinfo=UTC))
@@ -25,8 +26,8 @@ def extract_ids(
     stats: ClientStats | None = None,
 ) -> list[str]:
     with KlaviyoClient(sim.api_key, base_url=sim.base_url) as client:
-        batches = client.iter_records(
-            get_table(table), window, parallelism=parallelism, page_size=page_size, stats=stats
+        batches = iter_records(
+            client, get_table(table), window, parallelism=parallelism, page_size=page_size, stats=stats
         )
         return [r["id"] for batch in batches for r in batch]
 
@@ -58,7 +59,7 @@ def test_dense_windows_are_split_among_workers_without_loss(simulator) -> None:
 
 def test_campaigns_of_every_channel_and_archived_ones_arrive(simulator) -> None:
     with KlaviyoClient(simulator.api_key, base_url=simulator.base_url) as client:
-        records = [r for b in client.iter_records(get_table("campaigns"), WINDOW) for r in b]
+        records = [r for b in iter_records(client, get_table("campaigns"), WINDOW) for r in b]
     channels = simulator.campaign_channels()
     got = {r["id"] for r in records}
     assert {channels[i] for i in got} == {"email", "sms", "mobile_push"}
@@ -69,7 +70,7 @@ def test_campaigns_of_every_channel_and_archived_ones_arrive(simulator) -> None:
 
 def test_profiles_carry_their_subscriptions(simulator) -> None:
     with KlaviyoClient(simulator.api_key, base_url=simulator.base_url) as client:
-        records = [r for b in client.iter_records(get_table("profiles"), WINDOW) for r in b]
+        records = [r for b in iter_records(client, get_table("profiles"), WINDOW) for r in b]
     assert records
     assert all("subscriptions" in r["attributes"] for r in records)
 

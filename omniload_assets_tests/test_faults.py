@@ -11,12 +11,10 @@ import signal
 import time
 from collections import Counter
 from datetime import UTC, datetime, timedelta
-from email.utils import format_datetime
 from pathlib import Path
 
 import dagster as dg
 import duckdb
-import httpx
 import pytest
 
 from omniload_assets.assets import asset_key
@@ -41,6 +39,7 @@ from omniload_assets_tests.harness import (
     start_child,
     truth_incremental_values,
 )
+from omniload_assets_tests.records import iter_records
 
 FIRST_DAY = SIM_START.date()
 LAST_DAY = (SIM_END - timedelta(days=1)).date()
@@ -150,7 +149,7 @@ def test_client_sleeps_exactly_what_retry_after_asks_over_real_http(simulator, r
     ) as client:
         got = [
             r["id"]
-            for batch in client.iter_records(EVENTS, window, page_size=200, stats=stats)
+            for batch in iter_records(client, EVENTS, window, page_size=200, stats=stats)
             for r in batch
         ]
     assert sorted(got) == sorted(simulator.ids("events", SIM_START, SIM_END))
@@ -191,7 +190,7 @@ def test_daily_quota_can_be_waited_out_when_configured(simulator) -> None:
         sleep=sleeps.append,
         max_retry_after_s=86400,
     ) as client:
-        got = {r["id"] for batch in client.iter_records(TAGS) for r in batch}
+        got = {r["id"] for batch in iter_records(client, TAGS) for r in batch}
     assert got == simulator.ids("tags")
     assert len(sleeps) == 1 and 5 * 3600 <= sleeps[0] <= 5 * 3600 + 0.25
 
@@ -385,12 +384,5 @@ def test_a_first_page_linking_to_itself_is_caught_before_refetching_it(simulator
         KlaviyoClient(simulator.api_key, base_url=simulator.base_url, pace=False) as client,
         pytest.raises(KlaviyoPaginationError, match="same next page twice"),
     ):
-        list(client.iter_records(TAGS, page_size=5))
+        list(iter_records(client, TAGS, page_size=5))
     assert simulator.stats.pages == 1
-
-
-def test_retry_after_as_an_http_date_is_honoured() -> None:
-    when = datetime.now(UTC) + timedelta(seconds=90)
-    response = httpx.Response(429, headers={"Retry-After": format_datetime(when, usegmt=True)})
-    assert 85 <= KlaviyoClient._retry_after(response) <= 90
-    assert KlaviyoClient._retry_after(httpx.Response(429, headers={"Retry-After": "soon"})) == 1.0

@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 from omniload_assets.cli import UsageError, api_key_from_source_uri, main
 from omniload_assets.klaviyo.client import KlaviyoClient, validate_base_url
 from omniload_assets.klaviyo.errors import KlaviyoConfigError, redact, validate_api_key
-from omniload_assets.klaviyo.resource import KlaviyoResource, api_key_from_uri
+from omniload_assets.klaviyo.resource import KlaviyoResource
 from omniload_assets_tests.test_security import KEY_SHAPES, key_forms, leaks, make_key
 
 OMNILOAD = Path(sys.executable).parent / "omniload"
@@ -246,17 +246,6 @@ def test_the_cli_key_is_a_token_or_a_usage_error_naming_its_origin(key: str, in_
         return  # not storable in the environment
     with mock.patch.dict(os.environ, {"KLAVIYO_API_KEY": value}):
         key_or_usage_error(None, "KLAVIYO_API_KEY")
-
-
-@PROPERTY
-@given(text=st.text())
-def test_any_text_as_a_klaviyo_uri_of_the_resource_is_a_key_or_a_config_error(text: str) -> None:
-    try:
-        key = api_key_from_uri(f"klaviyo://{text}")
-    except KlaviyoConfigError as exc:
-        assert len(str(exc).splitlines()) == 1 and "KLAVIYO_API_KEY" in str(exc)
-    else:
-        assert isinstance(key, str)
 
 
 def url_like() -> st.SearchStrategy[str]:

@@ -9,6 +9,7 @@ import pytest
 from omniload_assets.klaviyo.catalog import get_table
 from omniload_assets.klaviyo.client import KlaviyoClient
 from omniload_assets.klaviyo.windows import TimeWindow
+from omniload_assets_tests.records import iter_records
 from omniload_assets_tests.simulator import KlaviyoSimulator
 
 START, END = datetime(2024, 1, 1, tzinfo=UTC), datetime(2024, 1, 4, tzinfo=UTC)
@@ -17,7 +18,7 @@ WINDOW = TimeWindow(datetime(2024, 1, 2, 3, tzinfo=UTC), datetime(2024, 1, 3, 5,
 
 def fetch(sim: KlaviyoSimulator, table: str, window: TimeWindow | None, page_size: int) -> list[dict]:
     with KlaviyoClient(sim.api_key, base_url=sim.base_url) as client:
-        return [r for b in client.iter_records(get_table(table), window, page_size=page_size) for r in b]
+        return [r for b in iter_records(client, get_table(table), window, page_size=page_size) for r in b]
 
 
 def test_warmed_events_are_served_exactly_as_built() -> None:

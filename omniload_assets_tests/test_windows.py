@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import random
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 
-from omniload_assets.klaviyo.catalog import get_table
+from omniload_assets.klaviyo.catalog import GE, GT, LE, get_table
 from omniload_assets.klaviyo.windows import (
     TimeWindow,
+    after,
+    at_or_after,
+    before,
     combine_filters,
+    compare,
     format_datetime,
     parse_datetime,
     window_filter,
@@ -162,6 +167,53 @@ def test_window_filter_with_microsecond_bounds():
     assert window_filter(get_table("profiles"), window)[0] == (
         "greater-than(updated,2024-01-05T00:00:00.000009+00:00)"
     )
+
+
+@pytest.mark.parametrize(
+    ("table", "after_d0", "at_or_after_d0", "before_d0"),
+    [
+        (  # every operator: each bound as asked
+            "events",
+            "greater-than(datetime,2024-01-05T00:00:00+00:00)",
+            "greater-or-equal(datetime,2024-01-05T00:00:00+00:00)",
+            "less-than(datetime,2024-01-05T00:00:00+00:00)",
+        ),
+        (  # greater-than and less-than only: "at or after" is "after 1 µs before"
+            "profiles",
+            "greater-than(updated,2024-01-05T00:00:00+00:00)",
+            "greater-than(updated,2024-01-04T23:59:59.999999+00:00)",
+            "less-than(updated,2024-01-05T00:00:00+00:00)",
+        ),
+        (  # greater-than only: no upper bound on the server
+            "lists",
+            "greater-than(updated,2024-01-05T00:00:00+00:00)",
+            "greater-than(updated,2024-01-04T23:59:59.999999+00:00)",
+            None,
+        ),
+    ],
+)
+def test_key_comparisons_use_the_operators_the_endpoint_has(table, after_d0, at_or_after_d0, before_d0):
+    spec = get_table(table)
+    assert after(spec, D0) == after_d0
+    assert at_or_after(spec, D0) == at_or_after_d0
+    assert before(spec, D0) == before_d0
+
+
+def test_key_comparisons_fall_back_one_microsecond_the_other_way():
+    only_ge_le = replace(get_table("events"), filter_operators=frozenset({GE, LE}))
+    assert after(only_ge_le, D0) == "greater-or-equal(datetime,2024-01-05T00:00:00.000001+00:00)"
+    assert at_or_after(only_ge_le, D0) == "greater-or-equal(datetime,2024-01-05T00:00:00+00:00)"
+    assert before(only_ge_le, D0) == "less-or-equal(datetime,2024-01-04T23:59:59.999999+00:00)"
+    assert window_filter(only_ge_le, DAY) == [
+        "greater-or-equal(datetime,2024-01-05T00:00:00+00:00)",
+        "less-or-equal(datetime,2024-01-05T23:59:59.999999+00:00)",
+    ]
+
+
+def test_key_comparisons_need_an_incremental_key():
+    assert compare(GT, "updated", D0) == "greater-than(updated,2024-01-05T00:00:00+00:00)"
+    with pytest.raises(ValueError, match="tags has no incremental key"):
+        after(get_table("tags"), D0)
 
 
 def test_combine_filters():

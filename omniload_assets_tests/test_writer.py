@@ -25,12 +25,13 @@ from omniload_assets.warehouse.connection import (
     open_database,
     resolve_database,
 )
+from omniload_assets.warehouse.reads import qualified_name
 from omniload_assets.warehouse.writer import (
     TableOwnerError,
     WriteResult,
     merge_into,
-    qualified_name,
     replace_table,
+    table_refusal,
 )
 
 SCHEMA = "klaviyo"
@@ -495,15 +496,6 @@ def test_memory_limit_applies_to_write_connections_of_local_files(db):
         assert _memory_limit(conn) == default
 
 
-def test_qualified_name_avoids_the_catalog_schema_ambiguity(conn, stage):
-    merge(conn, [stage([{"id": "a"}])])
-    name = qualified_name(conn, SCHEMA, TABLE)
-    assert name == '"klaviyo"."klaviyo"."events"'
-    assert conn.execute(f"SELECT id FROM {name}").fetchall() == [("a",)]
-    with pytest.raises(duckdb.BinderException, match="Ambiguous"):
-        conn.execute(f"SELECT id FROM {SCHEMA}.{TABLE}")
-
-
 HOLDER = """
 import sys, duckdb
 conn = duckdb.connect(sys.argv[1])
@@ -582,6 +574,55 @@ def test_connect_waits_for_a_lock_held_by_another_process(db):
     finally:
         logger.removeHandler(signal)
         logger.setLevel(old_level)
+
+
+class _Clock:
+    """Stands in for the ``time`` module of ``connection``: sleeping moves its clock on, instantly."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.sleeps: list[float] = []
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.now += seconds
+
+
+@pytest.mark.parametrize(("factor", "timeout"), [(1.0, 100.0), (0.5, 100.0), (1.0, 0.5)])
+def test_lock_waits_back_off_exponentially_with_jitter_within_the_timeout(monkeypatch, factor, timeout):
+    from omniload_assets import backoff
+    from omniload_assets.warehouse import connection
+
+    clock = _Clock()
+    failures = iter(range(9))
+    monkeypatch.setattr(connection, "time", clock)
+    monkeypatch.setattr(
+        connection,
+        "backoff_s",
+        lambda attempt, first_s, cap_s: backoff.backoff_s(
+            attempt, first_s, cap_s, jitter=lambda lo, hi: factor
+        ),
+    )
+
+    def locked(target: str, read_only: bool = False) -> str:
+        if next(failures, None) is None:
+            return "connected"
+        raise duckdb.IOException(f'Could not set lock on file "{target}": Conflicting lock is held')
+
+    monkeypatch.setattr(connection.duckdb, "connect", locked)
+    if timeout < 1:
+        with pytest.raises(DuckDBLockedError):
+            connection._connect_waiting("x.duckdb", local=True, read_only=False, lock_timeout_s=timeout)
+        assert sum(clock.sleeps) == pytest.approx(timeout)  # the last wait is cut to what is left
+        return
+    assert connection._connect_waiting("x.duckdb", local=True, read_only=False, lock_timeout_s=timeout) == (
+        "connected"
+    )
+    doubling = [0.05, 0.1, 0.2, 0.4, 0.8, 1.0, 1.0, 1.0, 1.0]
+    assert clock.sleeps == pytest.approx([d * factor for d in doubling])
 
 
 def test_lock_timeout_raises_a_clear_error(db):
@@ -738,3 +779,14 @@ def test_a_failed_first_write_records_nothing(conn, stage):
     assert comment(conn) == ""  # the record is written in the write's transaction, or not at all
     merge(conn, [stage([{"id": "b", "updated": ts(1)}])], source="events")
     assert "Klaviyo events" in (comment(conn) or "")
+
+
+def test_table_refusal_checks_a_table_before_a_run_like_the_write_does(conn, stage):
+    assert table_refusal(conn, SCHEMA, TABLE, "profiles", "id") is None  # no table yet
+    merge(conn, [stage([{"id": "a", "updated": ts(1)}])], source="events")
+    assert table_refusal(conn, SCHEMA, TABLE, "events", "id") is None
+    assert table_refusal(conn, "KLAVIYO", "Events", "profiles", "id") == REFUSED.replace(
+        "klaviyo.events", "KLAVIYO.Events"
+    )
+    conn.execute(f"CREATE TABLE {SCHEMA}.{SCHEMA}.orders (order_no INTEGER)")
+    assert "has no id column" in (table_refusal(conn, SCHEMA, "orders", "events", "id") or "")

@@ -81,6 +81,15 @@ class TableSpec:
             return None
         return min(requested or self.max_page_size, self.max_page_size)
 
+    def request_params(self, page_size: int | None = None) -> dict[str, str]:
+        """The query every listing request of this table sends: its extra parameters and, where
+        the endpoint takes one, the page size (``page_size`` capped by the largest page)."""
+        params = dict(self.params)
+        size = self.page_size(page_size)
+        if size is not None:
+            params["page[size]"] = str(size)
+        return params
+
     @property
     def ceiling(self) -> float:
         """Records/s the endpoint serves at its steady rate limit with its largest page."""

@@ -1,19 +1,18 @@
-"""An httpx client for Klaviyo's JSON:API endpoints: paging, pacing, retries, windowed extraction."""
+"""An httpx client for Klaviyo's JSON:API endpoints: one request (paced, retried), and the pages of
+one cursor chain. It knows nothing of windows, decoding into rows or staging (``extraction`` drives
+it); when to retry is ``retry.decide``'s call."""
 
 from __future__ import annotations
 
 import hashlib
 import ipaddress
 import logging
-import random
 import re
 import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, fields
-from datetime import UTC, datetime, timedelta
-from email.utils import parsedate_to_datetime
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 from urllib.parse import parse_qsl, urlencode, urljoin, urlsplit
 
 import httpx
@@ -26,32 +25,32 @@ from omniload_assets.klaviyo.errors import (
     KlaviyoConfigError,
     KlaviyoPaginationError,
     KlaviyoPermissionError,
-    KlaviyoQuotaExhausted,
-    KlaviyoUnavailableError,
     key_advice,
     redact,
     validate_api_key,
 )
-from omniload_assets.klaviyo.extraction import Extraction
-from omniload_assets.klaviyo.pages import PageBatch, RawPage, parse_document, read_page
-from omniload_assets.klaviyo.ratelimit import limiter_for, read_headers
-from omniload_assets.klaviyo.windows import TimeWindow
+from omniload_assets.klaviyo.pages import RawPage, parse_document, read_page
+from omniload_assets.klaviyo.ratelimit import SlidingWindowLimiter, limiter_for, read_headers
+from omniload_assets.klaviyo.retry import RETRYABLE_STATUS, Outcome, RetryPolicy, decide
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 DEFAULT_BASE_URL = "https://a.klaviyo.com"
 DEFAULT_REVISION = "2026-10-15"
-RETRYABLE_STATUS = frozenset({408, 500, 502, 503, 504, 520, 522, 524})
-#: Longest pause between two retries of a failed request, whatever the attempt.
-MAX_BACKOFF_S = 30.0
-#: 429s in a row on one request before the run gives up (another client is using the quota).
-MAX_THROTTLES = 50
+__all__ = ["RETRYABLE_STATUS", "ClientStats", "KlaviyoClient", "validate_base_url"]
 LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "::1", "[::1]"})
 #: A host name as DNS spells it (after IDNA encoding), or an IP literal.
 _HOST_NAME = re.compile(r"[a-z0-9_-]+(?:\.[a-z0-9_-]+)*\.?")
 #: What may be a ``user:password@`` in a URL (whatever precedes an ``@``), to mask in messages.
 _USERINFO = re.compile(r"[^/?#]*@")
+
+
+@dataclass(frozen=True)
+class _Done(Generic[T]):
+    """A request's decoded answer (as opposed to an outcome to decide on)."""
+
+    value: T
 
 
 @dataclass
@@ -192,6 +191,7 @@ class KlaviyoClient:
         self.max_retry_after_s = max_retry_after_s
         self.retry_backoff_s = retry_backoff_s
         self.timeout_s = timeout_s
+        self.policy = RetryPolicy(max_retries, max_retry_after_s, retry_backoff_s, timeout_s)
         self.pace = pace
         self._sleep = sleep
         # The account's identity for shared rate limiting, without keeping the key in the name.
@@ -252,105 +252,77 @@ class KlaviyoClient:
         stats: ClientStats | None,
         decode: Callable[[bytes], T],
     ) -> T:
-        """GET with pacing and retries; a body ``decode`` rejects (``ValueError``) is retried."""
+        """GET with pacing and retries (as :func:`~omniload_assets.klaviyo.retry.decide` says); a
+        body ``decode`` rejects (``ValueError``) is retried."""
         stats = stats or ClientStats()
         limiter = limiter_for(self._account, spec.path, spec.rate_limit)
-        attempt = 0
-        throttles = 0
-        timed_out = False
+        failures = throttles = 0
         while True:
             if self.pace:
                 stats.add(pacing_wait_s=limiter.acquire())
             stats.add(requests=1)
-            try:
-                # The body is read into a local, not onto the response: a response is garbage in a
-                # reference cycle (httpx) and, having lived through the request, is freed only by
-                # a rare full collection; with its megabyte body on it, hundreds piled up.
-                with self._http.stream("GET", url, params=params) as response:
-                    status = response.status_code
-                    body = b"".join(response.iter_bytes()) if status == 200 else response.read()
-                if self.pace and status != 429:
-                    # Klaviyo's report of the steady window: slow down before a 429, not after one.
-                    server = read_headers(response.headers)
-                    if server is not None:
-                        limiter.observe(server)
-                if status == 200:
-                    return decode(body)
-            except httpx.TimeoutException as exc:
-                problem = f"{type(exc).__name__}: no response within timeout_s={self.timeout_s:g}"
-                timed_out = True
-                status = None
-            except httpx.TransportError as exc:
-                problem = f"{type(exc).__name__}: {redact(str(exc), self._api_key)}"
-                status = None
-            except ValueError as exc:  # a truncated or malformed body (orjson's and msgspec's errors)
-                problem = f"{type(exc).__name__}: {redact(str(exc), self._api_key)[:200]}"
-                status = None
-            if status == 429:
-                throttles += 1
-                wait = self._retry_after(response)
+            answer = self._attempt(url, params, decode, limiter)
+            if isinstance(answer, _Done):
+                return answer.value
+            outcome, response = answer
+            if outcome.status == 429:
                 stats.add(throttled=1)
-                if wait > self.max_retry_after_s:
-                    until = (datetime.now(UTC) + timedelta(seconds=wait)).strftime("%Y-%m-%d %H:%M UTC")
-                    raise KlaviyoQuotaExhausted(
-                        f"Klaviyo throttled {spec.path} with Retry-After {wait:.0f} s (until about "
-                        f"{until}), longer than max_retry_after_s={self.max_retry_after_s:.0f}: the "
-                        "account's API quota is exhausted; re-run after that time, or raise "
-                        "max_retry_after_s to wait instead",
-                        status=429,
-                        path=spec.path,
-                        retry_after_s=wait,
-                    )
-                if throttles > MAX_THROTTLES:
-                    raise KlaviyoQuotaExhausted(
-                        f"Klaviyo throttled {spec.path} more than {MAX_THROTTLES} times in a row; "
-                        "another client may be using the account's quota: re-run later",
-                        status=429,
-                        path=spec.path,
-                        retry_after_s=wait,
-                    )
-                wait += random.uniform(0, 0.25)
-                stats.add(throttle_wait_s=wait)
-                self._sleep(wait)
-                continue
-            if status is not None and status not in RETRYABLE_STATUS:
-                raise self._api_error(spec, response)
-            if status is not None:
-                problem = f"HTTP {status}"
-            attempt += 1
-            if attempt > self.max_retries:
-                advice = "raise timeout_s or max_retries" if timed_out else "raise max_retries"
-                raise KlaviyoUnavailableError(
-                    f"Klaviyo {spec.path} failed {attempt} times (last: {problem}); Klaviyo may be "
-                    f"down or slow: re-run later or {advice}"
-                )
-            stats.add(retries=1)
-            delay = min(MAX_BACKOFF_S, self.retry_backoff_s * 2 ** (attempt - 1)) * random.uniform(0.5, 1.0)
-            log.warning(
-                "Klaviyo %s: %s; retry %d/%d in %.1fs",
-                spec.path,
-                problem,
-                attempt,
-                self.max_retries,
-                delay,
+            decision = decide(
+                outcome, path=spec.path, failures=failures, throttles=throttles, policy=self.policy
             )
-            self._sleep(delay)
+            if decision.error is not None:
+                raise decision.error
+            if decision.final:
+                assert response is not None  # only an answered status is final
+                raise self._api_error(spec, response)
+            if decision.throttled:
+                throttles += 1
+                stats.add(throttle_wait_s=decision.wait_s)
+            else:
+                failures += 1
+                stats.add(retries=1)
+                problem = outcome.problem or f"HTTP {outcome.status}"
+                log.warning(
+                    "Klaviyo %s: %s; retry %d/%d in %.1fs",
+                    spec.path,
+                    problem,
+                    failures,
+                    self.max_retries,
+                    decision.wait_s,
+                )
+            self._sleep(decision.wait_s)
 
-    @staticmethod
-    def _retry_after(response: httpx.Response) -> float:
-        """Seconds to wait from ``Retry-After`` (seconds or an HTTP date); 1 when absent or bad."""
-        raw = response.headers.get("Retry-After", "1").strip()
+    def _attempt(
+        self,
+        url: str,
+        params: dict[str, str] | None,
+        decode: Callable[[bytes], T],
+        limiter: SlidingWindowLimiter,
+    ) -> _Done[T] | tuple[Outcome, httpx.Response | None]:
+        """One try: the decoded body of a 200, else its outcome (and the response, if one came)."""
         try:
-            return max(0.0, float(raw))
-        except ValueError:
-            pass
-        try:
-            when = parsedate_to_datetime(raw)
-        except (TypeError, ValueError, IndexError):
-            return 1.0
-        if when.tzinfo is None:
-            when = when.replace(tzinfo=UTC)
-        return max(0.0, (when - datetime.now(UTC)).total_seconds())
+            # The body is read into a local, not onto the response: a response is garbage in a
+            # reference cycle (httpx) and, having lived through the request, is freed only by
+            # a rare full collection; with its megabyte body on it, hundreds piled up.
+            with self._http.stream("GET", url, params=params) as response:
+                status = response.status_code
+                body = b"".join(response.iter_bytes()) if status == 200 else response.read()
+            if self.pace and status != 429:
+                # Klaviyo's report of the steady window: slow down before a 429, not after one.
+                server = read_headers(response.headers)
+                if server is not None:
+                    limiter.observe(server)
+            if status == 200:
+                return _Done(decode(body))
+            return Outcome(status, response.headers), response
+        except httpx.TimeoutException as exc:
+            problem = f"{type(exc).__name__}: no response within timeout_s={self.timeout_s:g}"
+            return Outcome(None, {}, problem, timed_out=True), None
+        except httpx.TransportError as exc:
+            return Outcome(None, {}, f"{type(exc).__name__}: {redact(str(exc), self._api_key)}"), None
+        except ValueError as exc:  # a truncated or malformed body (orjson's and msgspec's errors)
+            problem = f"{type(exc).__name__}: {redact(str(exc), self._api_key)[:200]}"
+            return Outcome(None, {}, problem), None
 
     def _api_error(self, spec: TableSpec, response: httpx.Response) -> KlaviyoAPIError:
         status = response.status_code
@@ -424,69 +396,3 @@ class KlaviyoClient:
                 )
             seen.add(identity)
             url, page_params = next_url, None
-
-    def base_params(self, spec: TableSpec, page_size: int | None = None) -> dict[str, str]:
-        params = dict(spec.params)
-        size = spec.page_size(page_size)
-        if size is not None:
-            params["page[size]"] = str(size)
-        return params
-
-    def iter_records(
-        self,
-        spec: TableSpec,
-        window: TimeWindow | None = None,
-        *,
-        page_size: int | None = None,
-        parallelism: int = 1,
-        stats: ClientStats | None = None,
-        now: datetime | None = None,
-    ) -> Iterator[list[dict[str, Any]]]:
-        """Batches (one per page) of the resources whose incremental key lies in ``window``, parsed.
-
-        The window goes to the server as far as the endpoint can filter; the rest is checked here.
-        Dense windows are split among up to ``parallelism`` workers (see ``extraction``). Records
-        without an incremental key go to the window holding now.
-        """
-        yield from self.iter_batches(
-            spec,
-            window,
-            PageBatch.records,
-            page_size=page_size,
-            parallelism=parallelism,
-            stats=stats,
-            now=now,
-        )
-
-    def iter_batches(
-        self,
-        spec: TableSpec,
-        window: TimeWindow | None,
-        transform: Callable[[PageBatch], T],
-        *,
-        read: Callable[[bytes], RawPage] | None = None,
-        expect: Callable[[int], None] | None = None,
-        page_size: int | None = None,
-        parallelism: int = 1,
-        start_in_flight: int | None = None,
-        stats: ClientStats | None = None,
-        now: datetime | None = None,
-    ) -> Iterator[T]:
-        """Like :meth:`iter_records`, with each page turned into ``transform(batch)`` by the worker
-        that fetched it (e.g. ``RowBuilder.page_table``), so no page piles up in memory. ``read``
-        decodes each body (see :meth:`get_page`), e.g. ``ParquetStager.read``; ``expect`` is told
-        once how many records a dense window seems to hold, e.g. ``ParquetStager.expect``;
-        ``start_in_flight`` lets that many requests go at once from the start (see ``extraction``)."""
-        yield from Extraction(
-            self,
-            spec,
-            window,
-            page_size=page_size,
-            parallelism=parallelism,
-            start_in_flight=start_in_flight,
-            stats=stats or ClientStats(),
-            now=now or datetime.now(UTC),
-            transform=transform,
-            read=read,
-            expect=expect,
-        )

@@ -1,4 +1,9 @@
-"""Windowed extraction: one table's records for a time window, fetched by concurrent workers.
+"""Windowed extraction: plans one table's requests for a time window and drives them.
+
+``extract(client, spec, window, decoder, sink)`` pages through the window with concurrent workers
+(threads), has each page decoded into rows by ``decoder`` in the worker that fetched it, and hands
+the rows to ``sink`` in the caller's thread. It depends on the client (one request, one cursor
+chain); the client knows nothing of it.
 
 A window is one *task*. Where the endpoint can filter and sort on the incremental key, a task pages
 in ascending key order, stops as soon as it passes the window's end, and — whenever a worker sits
@@ -16,16 +21,18 @@ import threading
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from datetime import UTC, datetime, timedelta
+from typing import Any, Generic, TypeVar
 
 from omniload_assets.klaviyo.catalog import TableSpec
+from omniload_assets.klaviyo.client import ClientStats, KlaviyoClient
+from omniload_assets.klaviyo.decoders import Decoder
 from omniload_assets.klaviyo.pages import PageBatch, RawPage
-from omniload_assets.klaviyo.rows import key_value, limit_malloc_arenas
+from omniload_assets.klaviyo.rows import key_value
 from omniload_assets.klaviyo.windows import TimeWindow, combine_filters, window_filter
+from omniload_assets.process_tuning import limit_malloc_arenas
 
-if TYPE_CHECKING:
-    from omniload_assets.klaviyo.client import ClientStats, KlaviyoClient
+T = TypeVar("T")
 
 #: A remainder shorter than this is paged through rather than handed over.
 MIN_SPLIT_SPAN = timedelta(seconds=2)
@@ -37,10 +44,9 @@ UNBOUNDED = 1 << 30
 
 #: Finished pages that may wait for the consumer (each worker may hold one more while it waits).
 OUT_QUEUE_PAGES = 4
-#: Pages waiting for the CPU at once that shrink the requests allowed in flight (see ``_settle``).
+#: Pages waiting for the CPU at once that shrink the requests allowed in flight (see ``InFlightLimit``).
 MAX_PROCESSING = 2
-#: Requests allowed in flight at the start (unless the caller says its pages cost this process
-#: little, see ``ParquetStager.batches``), and at least.
+#: Requests allowed in flight at the start (unless pages are decoded elsewhere), and at least.
 START_IN_FLIGHT, MIN_IN_FLIGHT = 8, 2
 
 #: Concurrent requests that keep an endpoint of each rate-limit tier at its limits when a largest
@@ -54,6 +60,29 @@ def workers_for(spec: TableSpec, parallelism: int | None) -> int:
     """Workers for one table: its tier's need, capped by the run's ``parallelism`` (if given)."""
     need = TIER_WORKERS.get(spec.rate_limit.tier, 4)
     return max(1, need if parallelism is None else min(need, parallelism))
+
+
+def extract(
+    client: KlaviyoClient,
+    spec: TableSpec,
+    window: TimeWindow | None,
+    decoder: Decoder[T],
+    sink: Callable[[T], None],
+    *,
+    page_size: int | None = None,
+    parallelism: int = 1,
+    stats: ClientStats | None = None,
+    now: datetime | None = None,
+) -> ClientStats:
+    """Every record of ``spec`` whose incremental key lies in ``window`` (``None``: the whole
+    listing), decoded page by page by ``decoder`` and handed to ``sink`` in this thread; returns
+    the counters. Records without an incremental key belong to the window holding ``now``."""
+    extraction = Extraction(
+        client, spec, window, decoder, page_size=page_size, parallelism=parallelism, stats=stats, now=now
+    )
+    for rows in extraction:
+        sink(rows)
+    return extraction.stats
 
 
 @dataclass(frozen=True)
@@ -72,55 +101,45 @@ class Step:
     handed_over: list[Task]
 
 
-class Extraction:
-    """The records of ``spec`` in ``window``, as batches, fetched by up to ``parallelism`` workers."""
+class Extraction(Generic[T]):
+    """The rows of ``spec`` in ``window``, one item per page, fetched by up to ``parallelism``
+    workers (see :func:`extract`)."""
 
     def __init__(
         self,
         client: KlaviyoClient,
         spec: TableSpec,
         window: TimeWindow | None,
+        decoder: Decoder[T],
         *,
-        page_size: int | None,
-        parallelism: int,
-        start_in_flight: int | None = None,
-        stats: ClientStats,
-        now: datetime,
-        transform: Callable[[PageBatch], Any] | None = None,
-        read: Callable[[bytes], RawPage] | None = None,
-        expect: Callable[[int], None] | None = None,
+        page_size: int | None = None,
+        parallelism: int = 1,
+        stats: ClientStats | None = None,
+        now: datetime | None = None,
     ) -> None:
         self.client = client
         self.spec = spec
+        self.decoder = decoder
         self.page_size = page_size
         self.parallelism = workers_for(spec, parallelism)
-        self.stats = stats
-        self.now = now
-        self.transform = transform
-        self.read = read
-        #: Told once how many records the window seems to hold (from the density of its first page).
-        self.expect = expect
+        self.stats = stats if stats is not None else ClientStats()
+        self.now = now or datetime.now(UTC)
         self.sorted = window is not None and spec.server_side_window
         #: Records a full page holds (None: the endpoint does not take a page size).
         self.full_page = spec.page_size(page_size)
-        variants = spec.filter_variants or (None,)
-        self.tasks = [Task(window, v) for v in variants]
-        self._lock = threading.Lock()
-        # Two conditions on the one lock, so a freed request slot wakes one waiter for a slot, not
-        # every worker (with 40 workers, waking all cost ~8% of this process's CPU).
-        self._slot_freed = threading.Condition(self._lock)
-        self._work_queued = threading.Condition(self._lock)
-        self._idle = 0
-        self._pending: deque[Task] = deque()
-        self._processing = 0  # pages received and not yet handed on
-        self._in_flight = 0  # requests started and not yet returned
-        # Requests allowed in flight (see ``_acquire_request``).
-        self._window = min(self.parallelism, start_in_flight or START_IN_FLIGHT)
+        self.tasks = [Task(window, v) for v in spec.filter_variants or (None,)]
+        self._expect_told = False  # the decoder hears once how many records the window holds
+        self._queue = TaskQueue(self.tasks)
+        # Pages decoded elsewhere cost this process little: every request may go at once.
+        self._limit = InFlightLimit(
+            self.parallelism, self.parallelism if decoder.offloaded else START_IN_FLIGHT
+        )
+        self._cancelled = threading.Event()
 
     # -- one task --------------------------------------------------------------------------------
 
     def params(self, task: Task) -> dict[str, str]:
-        params = self.client.base_params(self.spec, self.page_size)
+        params = self.spec.request_params(self.page_size)
         exprs = [task.variant] if task.variant else []
         if task.window is not None:
             exprs += window_filter(self.spec, task.window)
@@ -137,7 +156,7 @@ class Extraction:
         # be handed over only from a key above it, or records tied on the key across two pages
         # (many profiles share one ``updated``) would be fetched twice.
         floor = task.window.start if task.window is not None else None
-        for page in self.client.iter_pages(self.spec, self.params(task), self.stats, self.read):
+        for page in self.client.iter_pages(self.spec, self.params(task), self.stats, self.decoder.read):
             step, last, floor = self._step(task, page, floor)
             # Nothing of this page may stay referenced from this frame while the next request waits.
             del page
@@ -159,9 +178,9 @@ class Extraction:
         last = max(dated) if dated else None
         if last is not None and last >= window.end:
             return Step(self._batch(page, kept), []), True, floor  # sorted: nothing further is inside
-        if self.expect is not None and page.next and last is not None:
-            expect, self.expect = self.expect, None  # once, from the first page that tells
-            expect(len(dated) + self._expected(dated, TimeWindow(last, window.end)))
+        if not self._expect_told and page.next and last is not None:
+            self._expect_told = True  # once, from the first page that tells
+            self.decoder.expect(len(dated) + self._expected(dated, TimeWindow(last, window.end)))
         wanted = self._wanted()
         if page.next and wanted and last is not None and (floor is None or last > floor):
             rest = TimeWindow(last, window.end)
@@ -174,6 +193,10 @@ class Extraction:
         if last is not None and (floor is None or last > floor):
             floor = last
         return Step(self._batch(page, kept), []), False, floor
+
+    def _wanted(self) -> int:
+        """How many workers wait for work no queued task will give them (0 when single-threaded)."""
+        return self._queue.wanted()
 
     @staticmethod
     def _expected(dated: list[datetime], rest: TimeWindow) -> int:
@@ -203,135 +226,35 @@ class Extraction:
         # Records without an incremental key belong to the window holding "now".
         return (self.now if key is None else key) in window
 
-    def _wanted(self) -> int:
-        """How many workers wait for work no queued task will give them (0 when single-threaded)."""
-        with self._lock:
-            return max(0, self._idle - len(self._pending))
+    def _rows(self, batch: PageBatch) -> T:
+        """The rows of one page, made in the worker that fetched it (an Arrow table is a fraction of
+        the size of the page it replaces)."""
+        self.stats.add(records=batch.size)
+        return self.decoder.rows(batch)
 
     # -- all tasks -------------------------------------------------------------------------------
 
-    def __iter__(self) -> Iterator[Any]:
+    def __iter__(self) -> Iterator[T]:
         if self.parallelism == 1 or not self.sorted:
             yield from self._serial()
         else:
             yield from self._concurrent()
 
-    def _serial(self) -> Iterator[Any]:
+    def _serial(self) -> Iterator[T]:
         pending = deque(self.tasks)
         while pending:
             for step in self.run_task(pending.popleft()):
                 pending.extend(step.handed_over)
-                self._count(step.batch)
-                yield self._hand_on(step.batch)
+                yield self._rows(step.batch)
 
-    # Requests in flight follow the CPU: a parsed page is about ten times the size of its Arrow
-    # rows, and when responses arrive faster than this process turns them into rows, requests
-    # started anyway only add parsed pages waiting for the CPU (memory grows with the workers, not
-    # the throughput). So requests in flight plus pages in the works stay under an allowance that
-    # starts at START_IN_FLIGHT, grows by one whenever a page is handed on with no other page in
-    # the works, and shrinks by one when pages queue for the CPU. A caller whose pages are decoded
-    # elsewhere (by worker processes) may start it higher: its pages cost this process little.
-
-    def _acquire_request(self, cancelled: threading.Event) -> None:
-        with self._lock:
-            while self._in_flight + self._processing >= self._window and not cancelled.is_set():
-                self._slot_freed.wait()
-            self._in_flight += 1
-
-    def _release_request(self, *, received: bool) -> None:
-        with self._lock:
-            self._in_flight -= 1
-            if received:
-                self._processing += 1  # the slot stays taken until the page is handed on
-            else:
-                self._slot_freed.notify()
-
-    def _settle(self, cancelled: threading.Event) -> None:
-        """A page was handed on: adjust the requests allowed in flight (see above)."""
-        with self._lock:
-            self._processing -= 1
-            if self._processing >= MAX_PROCESSING:
-                self._window = max(MIN_IN_FLIGHT, self._window - 1)
-            elif self._processing == 0:
-                self._window = min(self.parallelism, self._window + 1)
-            self._slot_freed.notify(2)  # this page's slot, and one more if the allowance grew
-
-    def _wake_all(self) -> None:
-        with self._lock:
-            self._slot_freed.notify_all()
-            self._work_queued.notify_all()
-
-    def _hand_on(self, batch: PageBatch) -> Any:
-        """What is handed on for one page: the batch, or ``transform(batch)`` made in the worker
-        (an Arrow table is a fraction of the size of the page it replaces)."""
-        return batch if self.transform is None else self.transform(batch)
-
-    def _count(self, batch: PageBatch) -> None:
-        self.stats.add(records=batch.size)
-
-    def _concurrent(self) -> Iterator[Any]:
+    def _concurrent(self) -> Iterator[T]:
         # Few finished pages wait for the consumer: memory is bounded by the workers, not the window.
         out: queue.Queue[Any] = queue.Queue(maxsize=OUT_QUEUE_PAGES)
-        pending = self._pending
-        pending.extend(self.tasks)
-        busy = 0
-        cancelled = threading.Event()
-        limit_malloc_arenas()  # before the workers' first allocation (see rows.MALLOC_ARENAS)
-
-        def next_task() -> Task | None:
-            nonlocal busy
-            with self._lock:
-                self._idle += 1
-                while not pending and busy > 0 and not cancelled.is_set():
-                    self._work_queued.wait()
-                self._idle -= 1
-                if cancelled.is_set() or not pending:
-                    self._work_queued.notify_all()  # no more work: every idle worker ends
-                    return None
-                busy += 1
-                return pending.popleft()
-
-        def worker() -> None:
-            nonlocal busy
-            try:
-                while (task := next_task()) is not None:
-                    try:
-                        steps = self.run_task(task)
-                        while True:
-                            self._acquire_request(cancelled)
-                            step = None  # bound even when next() raises (the error must surface)
-                            try:
-                                step = next(steps, None)
-                            finally:
-                                self._release_request(received=step is not None)
-                            if step is None:
-                                break
-                            if cancelled.is_set():
-                                return
-                            if step.handed_over:
-                                with self._lock:
-                                    pending.extend(step.handed_over)
-                                    self._work_queued.notify(len(step.handed_over))
-                            self._count(step.batch)
-                            batch = self._hand_on(step.batch)
-                            del step
-                            out.put(batch)
-                            del batch
-                            self._settle(cancelled)
-                    finally:
-                        with self._lock:
-                            busy -= 1
-                            if busy == 0:
-                                self._work_queued.notify_all()  # the idle may find nothing left
-            except BaseException as exc:  # handed to the consumer, which raises it
-                cancelled.set()
-                self._wake_all()
-                out.put(exc)
-            finally:
-                out.put(None)
-
+        limit_malloc_arenas()  # before the workers' first allocation (see process_tuning)
         threads = [
-            threading.Thread(target=worker, name=f"klaviyo-{self.spec.name}-{i}", daemon=True)
+            threading.Thread(
+                target=self._work, args=(out,), name=f"klaviyo-{self.spec.name}-{i}", daemon=True
+            )
             for i in range(self.parallelism)
         ]
         for thread in threads:
@@ -347,11 +270,145 @@ class Extraction:
                 else:
                     yield item
         finally:
-            cancelled.set()
-            self._wake_all()
+            self._cancel()
             # Drain so workers blocked on a full queue can see the cancellation and exit.
             while any(t.is_alive() for t in threads):
                 try:
                     out.get(timeout=0.05)
                 except queue.Empty:
                     continue
+
+    def _cancel(self) -> None:
+        self._cancelled.set()
+        self._limit.wake_all()
+        self._queue.wake_all()
+
+    def _work(self, out: queue.Queue[Any]) -> None:
+        """One worker: run tasks until none is left, putting each page's rows on ``out``, then
+        ``None``; an error goes on ``out`` too (the consumer raises it) and cancels the rest."""
+        try:
+            while (task := self._queue.take(self._cancelled)) is not None:
+                try:
+                    self._run_concurrently(task, out)
+                finally:
+                    self._queue.done()
+        except BaseException as exc:  # handed to the consumer, which raises it
+            self._cancel()
+            out.put(exc)
+        finally:
+            out.put(None)
+
+    def _run_concurrently(self, task: Task, out: queue.Queue[Any]) -> None:
+        steps = self.run_task(task)
+        while True:
+            self._limit.acquire(self._cancelled)
+            step = None  # bound even when next() raises (the error must surface)
+            try:
+                step = next(steps, None)
+            finally:
+                self._limit.release(received=step is not None)
+            if step is None or self._cancelled.is_set():
+                return
+            self._queue.add(step.handed_over)
+            rows = self._rows(step.batch)
+            del step
+            out.put(rows)
+            del rows
+            self._limit.settle()
+
+
+class InFlightLimit:
+    """How many requests may be in flight, following the CPU.
+
+    A parsed page is about ten times the size of its Arrow rows, and when responses arrive faster
+    than this process turns them into rows, requests started anyway only add parsed pages waiting
+    for the CPU (memory grows with the workers, not the throughput). So requests in flight plus
+    pages in the works stay under an *allowance* that starts at ``start`` (START_IN_FLIGHT, or every
+    worker when pages are decoded elsewhere and cost this process little), grows by one whenever a
+    page is handed on with no other page in the works, and shrinks by one when pages queue for the
+    CPU, never below MIN_IN_FLIGHT nor above ``most``.
+    """
+
+    def __init__(self, most: int, start: int) -> None:
+        self.most = most
+        self.allowance = min(most, start)
+        self.in_flight = 0  # requests started and not yet returned
+        self.processing = 0  # pages received and not yet handed on
+        # One waiter wakes per freed slot, not every worker (with 40 workers, waking all cost ~8% of
+        # this process's CPU).
+        self._slot_freed = threading.Condition()
+
+    def acquire(self, cancelled: threading.Event) -> None:
+        """Wait for a slot (or cancellation), then take it for one request."""
+        with self._slot_freed:
+            while self.in_flight + self.processing >= self.allowance and not cancelled.is_set():
+                self._slot_freed.wait()
+            self.in_flight += 1
+
+    def release(self, *, received: bool) -> None:
+        """A request returned; with a page (``received``) its slot stays taken until :meth:`settle`."""
+        with self._slot_freed:
+            self.in_flight -= 1
+            if received:
+                self.processing += 1
+            else:
+                self._slot_freed.notify()
+
+    def settle(self) -> None:
+        """A received page was handed on: free its slot and adjust the allowance."""
+        with self._slot_freed:
+            self.processing -= 1
+            if self.processing >= MAX_PROCESSING:
+                self.allowance = max(MIN_IN_FLIGHT, self.allowance - 1)
+            elif self.processing == 0:
+                self.allowance = min(self.most, self.allowance + 1)
+            self._slot_freed.notify(2)  # this page's slot, and one more if the allowance grew
+
+    def wake_all(self) -> None:
+        with self._slot_freed:
+            self._slot_freed.notify_all()
+
+
+class TaskQueue:
+    """Tasks waiting for a worker, and how many workers wait for one."""
+
+    def __init__(self, tasks: list[Task]) -> None:
+        self._pending: deque[Task] = deque(tasks)
+        self._idle = 0  # workers waiting for a task
+        self._busy = 0  # workers running a task
+        self._work_queued = threading.Condition()
+
+    def take(self, cancelled: threading.Event) -> Task | None:
+        """The next task; None once none is left and no running task can hand one over."""
+        with self._work_queued:
+            self._idle += 1
+            while not self._pending and self._busy > 0 and not cancelled.is_set():
+                self._work_queued.wait()
+            self._idle -= 1
+            if cancelled.is_set() or not self._pending:
+                self._work_queued.notify_all()  # no more work: every idle worker ends
+                return None
+            self._busy += 1
+            return self._pending.popleft()
+
+    def add(self, tasks: list[Task]) -> None:
+        if tasks:
+            with self._work_queued:
+                self._pending.extend(tasks)
+                self._work_queued.notify(len(tasks))
+
+    def done(self) -> None:
+        """A worker finished its task."""
+        with self._work_queued:
+            self._busy -= 1
+            if self._busy == 0:
+                self._work_queued.notify_all()  # the idle may find nothing left
+
+    def wanted(self) -> int:
+        """How many workers wait for work no queued task will give them."""
+        with self._work_queued:
+            return max(0, self._idle - len(self._pending))
+
+    def wake_all(self) -> None:
+        with self._work_queued:
+            self._work_queued.notify_all()

@@ -129,7 +129,7 @@ class RawPage:
     resources: list[Any] | None
     #: The resource objects as dicts when the page was decoded that way (no struct fit).
     parsed: list[Record] | None = None
-    #: The page's rows (an Arrow table) when a worker process built them (``page_processes``),
+    #: The page's rows (an Arrow table) when a decode process built them (``decode_processes``),
     #: with the extra column types that worker's ``RowBuilder`` had seen.
     table: Any = None
     extra_columns: dict[str, str] | None = None

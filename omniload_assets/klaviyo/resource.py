@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from typing import Any, TypeVar
 
 import dagster as dg
-from pydantic import Field, field_validator
+from pydantic import BaseModel, Field, field_validator
 
 from omniload_assets.klaviyo.client import (
     DEFAULT_BASE_URL,
@@ -16,25 +15,24 @@ from omniload_assets.klaviyo.client import (
     KlaviyoClient,
     validate_base_url,
 )
-from omniload_assets.klaviyo.errors import KlaviyoConfigError, validate_api_key
+from omniload_assets.klaviyo.source_uri import api_key_from_key_or_uri
+
+R = TypeVar("R", bound=BaseModel)
 
 
-def api_key_from_uri(value: str) -> str:
-    """The key of a ``klaviyo://?api_key=...`` URI (the seed's format); other values unchanged."""
-    if not value.startswith("klaviyo://"):
-        return value
-    # Checked before parsing: urlsplit silently drops tabs and line breaks, mending a mangled key.
-    value = validate_api_key(value, "KLAVIYO_API_KEY")
-    try:
-        keys = parse_qs(urlsplit(value).query).get("api_key") or []
-    except ValueError:  # e.g. an unclosed [ in the host part
-        keys = []
-    if not keys or not keys[0]:
-        raise KlaviyoConfigError(
-            "the klaviyo:// URI in KLAVIYO_API_KEY has no api_key: use klaviyo://?api_key=pk_... "
-            "or the bare private API key"
-        )
-    return keys[0]
+def with_fields(resource: R, **updates: Any) -> R:
+    """A copy of a Dagster resource (or IO manager) with some fields changed, built anew.
+
+    Not pydantic's ``model_copy(update=...)``: it skips ``__init__``, where Dagster resolves the config
+    it builds the run's resource from, so the run would keep the original values. Fields set
+    explicitly (an ``EnvVar`` key included) are passed on as they are, by their aliases.
+    """
+    cls = type(resource)
+    values = {
+        (cls.model_fields[name].alias or name): getattr(resource, name) for name in resource.model_fields_set
+    }
+    values.update(updates)
+    return cls(**values)
 
 
 class KlaviyoResource(dg.ConfigurableResource):
@@ -88,20 +86,14 @@ class KlaviyoResource(dg.ConfigurableResource):
         return value
 
     def model_copy(self, *, update: Mapping[str, Any] | None = None, deep: bool = False) -> KlaviyoResource:
-        """A copy with ``update`` applied, validated, and seen by Dagster.
-
-        pydantic's own ``model_copy`` skips ``__init__``, so Dagster would keep configuring the run
-        from the original values; rebuilding keeps an ``EnvVar`` key an ``EnvVar``.
-        """
-        values = {name: getattr(self, name) for name in type(self).model_fields}
-        values.update(update or {})
-        return type(self)(**values)
+        """A copy with ``update`` applied, validated, and seen by Dagster (:func:`with_fields`)."""
+        return with_fields(self, **(update or {}))
 
     @contextmanager
     def get_client(self) -> Iterator[KlaviyoClient]:
         """A client for this account; closed when the block ends."""
         client = KlaviyoClient(
-            api_key_from_uri(self.api_key or ""),
+            api_key_from_key_or_uri(self.api_key or ""),
             base_url=self.base_url or DEFAULT_BASE_URL,
             revision=self.revision,
             timeout_s=self.timeout_s,

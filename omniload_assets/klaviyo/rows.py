@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import ctypes
 import re
-import sys
-import threading
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from operator import attrgetter
@@ -18,6 +15,7 @@ import pyarrow.compute as pc
 from omniload_assets.klaviyo.catalog import TableSpec
 from omniload_assets.klaviyo.pages import PageBatch, page_schema
 from omniload_assets.klaviyo.windows import parse_datetime
+from omniload_assets.process_tuning import ROWS_POOL
 
 #: DuckDB type -> Arrow type of the staged column. JSON travels as text.
 ARROW_TYPES: dict[str, pa.DataType] = {
@@ -30,68 +28,11 @@ ARROW_TYPES: dict[str, pa.DataType] = {
 }
 
 
-def _rows_pool() -> pa.MemoryPool:
-    """The Arrow memory pool for rows built by many fetching threads.
-
-    Arrow's default (mimalloc) keeps freed memory in per-thread heaps: with dozens of workers, the
-    process's peak RSS grew with the run (measured: 760 MB after 200,000 events, 420 MB with
-    jemalloc, the system allocator close behind).
-    """
-    try:
-        pool = pa.jemalloc_memory_pool()
-        # Freed pages go back to the OS at once; with ParquetStager releasing the pool before the
-        # write, a 1M-event run peaked ~30 MB lower (the two were measured together).
-        pa.jemalloc_set_decay_ms(0)
-        return pool
-    except NotImplementedError:  # a pyarrow built without jemalloc
-        return pa.system_memory_pool()
-
-
-ROWS_POOL = _rows_pool()
-
-#: glibc malloc arenas for the whole process (glibc's default: 8 per core). Each thread that
-#: allocates while another does gets an arena of its own, and each arena keeps its own freed memory:
-#: with 40 fetching threads the heaps fragmented and peak RSS grew with the run (100k / 500k / 1M
-#: events: 378 / 501 / 562+ MB). With 2 arenas and :func:`release_free_memory` after each staged file:
-#: 321 / 438 / 425 MB, flat from about 250k events, at much the same records/s (the GIL serializes
-#: most allocations anyway).
-MALLOC_ARENAS = 2
-_M_ARENA_MAX = -8  # mallopt parameter (glibc malloc.h)
-_libc_lock = threading.Lock()
-_arenas_limited = False
-
-
-def _glibc() -> ctypes.CDLL | None:
-    """The process's C library if it is glibc (has ``mallopt`` and ``malloc_trim``), else None."""
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        libc = ctypes.CDLL(None)
-        libc.mallopt  # noqa: B018 -- lookups raise AttributeError where the symbols are missing (musl)
-        libc.malloc_trim  # noqa: B018
-    except (OSError, AttributeError):
-        return None
-    return libc
-
-
-_LIBC = _glibc()
-
-
-def limit_malloc_arenas() -> None:
-    """Cap glibc's malloc arenas at :data:`MALLOC_ARENAS` (once; no-op elsewhere). Call it before
-    starting threads that parse pages: threads get their arena at their first allocation."""
-    global _arenas_limited
-    with _libc_lock:
-        if _LIBC is not None and not _arenas_limited:
-            _LIBC.mallopt(_M_ARENA_MAX, MALLOC_ARENAS)
-            _arenas_limited = True
-
-
-def release_free_memory() -> None:
-    """Hand freed heap memory back to the OS (glibc's ``malloc_trim``; no-op elsewhere): parsed
-    pages leave free holes the heap would otherwise keep resident. A few ms; call it rarely."""
-    if _LIBC is not None:
-        _LIBC.malloc_trim(0)
+def arrow_schema(column_types: Mapping[str, str]) -> pa.Schema:
+    """The Arrow schema of staged rows with these DuckDB column types (unknown types as text)."""
+    return pa.schema(
+        [pa.field(col, ARROW_TYPES.get(duck_type, pa.string())) for col, duck_type in column_types.items()]
+    )
 
 
 #: DuckDB type of attributes the catalogue does not know: kept verbatim as JSON.
@@ -231,14 +172,9 @@ class RowBuilder:
     def to_arrow(self, rows: Iterable[dict[str, Any]]) -> pa.Table:
         """An Arrow table of ``rows`` with every column seen so far, typed as documented."""
         rows = list(rows)
-        types = self.column_types()
-        arrays = {}
-        fields = []
-        for col, duck_type in types.items():
-            arrow_type = ARROW_TYPES.get(duck_type, pa.string())
-            fields.append(pa.field(col, arrow_type))
-            arrays[col] = pa.array([r.get(col) for r in rows], type=arrow_type, memory_pool=ROWS_POOL)
-        return pa.Table.from_pydict(arrays, schema=pa.schema(fields))
+        schema = arrow_schema(self.column_types())
+        arrays = [pa.array([r.get(f.name) for r in rows], f.type, memory_pool=ROWS_POOL) for f in schema]
+        return pa.Table.from_arrays(arrays, schema=schema)
 
     def table(self, resources: list[dict[str, Any]]) -> pa.Table:
         """An Arrow table of ``resources``, built column by column: the same columns and values
@@ -280,7 +216,7 @@ class RowBuilder:
         ``pages``), else by :meth:`table`. Same columns and values either way, except that JSON
         columns hold the JSON text as Klaviyo sent it. Thread-safe, like :meth:`table`."""
         table = batch.page.table
-        if table is not None:  # built by a worker process (``page_processes``)
+        if table is not None:  # built by a decode process (``decode_processes``)
             for col, duck_type in (batch.page.extra_columns or {}).items():
                 self.extra_columns.setdefault(col, duck_type)
             return _rows_of(table, batch.keep)
@@ -322,12 +258,11 @@ class RowBuilder:
 
     def _assemble(self, arrays: dict[str, pa.Array], n: int) -> pa.Table:
         """The table of every column seen so far, in order; columns without an array are NULL."""
-        fields, columns = [], []
-        for col, duck_type in self.column_types().items():
-            arrow_type = ARROW_TYPES.get(duck_type, pa.string())
-            fields.append(pa.field(col, arrow_type))
-            columns.append(arrays[col] if col in arrays else pa.nulls(n, arrow_type, memory_pool=ROWS_POOL))
-        return pa.Table.from_arrays(columns, schema=pa.schema(fields))
+        schema = arrow_schema(self.column_types())
+        columns = [
+            arrays[f.name] if f.name in arrays else pa.nulls(n, f.type, memory_pool=ROWS_POOL) for f in schema
+        ]
+        return pa.Table.from_arrays(columns, schema=schema)
 
     def _per_row(self, resources: list[dict[str, Any]]) -> pa.Table:
         return self.to_arrow([self.row(r) for r in resources])

@@ -1,4 +1,10 @@
-"""Time windows, Klaviyo filter expressions for them, and datetime parsing."""
+"""Time windows, datetime parsing, and Klaviyo's filter syntax (written here, and only here).
+
+Every ``filter`` parameter the project sends is built from these functions: comparisons of an
+endpoint's incremental key (:func:`after`, :func:`at_or_after`, :func:`before`, each falling back
+to the operator the endpoint has), a window's bounds (:func:`window_filter`) and their conjunction
+(:func:`combine_filters`).
+"""
 
 from __future__ import annotations
 
@@ -74,19 +80,55 @@ def window_filter(spec: TableSpec, window: TimeWindow) -> list[str]:
     Endpoints with only ``greater-than`` get ``greater-than(key, start - 1µs)``, so a record exactly
     on the lower bound is kept; the client still checks both bounds on every record.
     """
-    key, ops = spec.incremental_key, spec.filter_operators
-    if key is None:
+    if spec.incremental_key is None:
         return []
     exprs: list[str] = []
-    if GE in ops:
-        exprs.append(f"{GE}({key},{format_datetime(window.start)})")
-    elif GT in ops:
-        exprs.append(f"{GT}({key},{format_datetime(window.start - ONE_MICROSECOND)})")
-    if LT in ops:
-        exprs.append(f"{LT}({key},{format_datetime(window.end)})")
-    elif LE in ops:
-        exprs.append(f"{LE}({key},{format_datetime(window.end - ONE_MICROSECOND)})")
+    if spec.filter_operators & {GE, GT}:
+        exprs.append(at_or_after(spec, window.start))
+    upper = before(spec, window.end)
+    if upper is not None:
+        exprs.append(upper)
     return exprs
+
+
+def compare(operator: str, key: str, instant: datetime) -> str:
+    """One comparison filter, ``operator(key,instant)``, with the instant as Klaviyo takes it."""
+    return f"{operator}({key},{format_datetime(instant)})"
+
+
+def after(spec: TableSpec, instant: datetime) -> str:
+    """Filter: ``spec``'s incremental key strictly after ``instant`` (``greater-than``, else
+    ``greater-or-equal`` one microsecond later)."""
+    key = _incremental_key(spec)
+    if GT in spec.filter_operators:
+        return compare(GT, key, instant)
+    return compare(GE, key, instant + ONE_MICROSECOND)
+
+
+def at_or_after(spec: TableSpec, instant: datetime) -> str:
+    """Filter: ``spec``'s incremental key at or after ``instant`` (``greater-or-equal``, else
+    ``greater-than`` one microsecond earlier)."""
+    key = _incremental_key(spec)
+    if GE in spec.filter_operators:
+        return compare(GE, key, instant)
+    return compare(GT, key, instant - ONE_MICROSECOND)
+
+
+def before(spec: TableSpec, instant: datetime) -> str | None:
+    """Filter: ``spec``'s incremental key strictly before ``instant`` (``less-than``, else
+    ``less-or-equal`` one microsecond earlier); None when the endpoint has neither."""
+    key = _incremental_key(spec)
+    if LT in spec.filter_operators:
+        return compare(LT, key, instant)
+    if LE in spec.filter_operators:
+        return compare(LE, key, instant - ONE_MICROSECOND)
+    return None
+
+
+def _incremental_key(spec: TableSpec) -> str:
+    if spec.incremental_key is None:
+        raise ValueError(f"{spec.name} has no incremental key to filter on")
+    return spec.incremental_key
 
 
 def combine_filters(exprs: list[str]) -> str | None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import os
-import random
 import re
 import time
 import unicodedata
@@ -19,6 +18,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import duckdb
+
+from omniload_assets.backoff import backoff_s
 
 logger = logging.getLogger(__name__)
 
@@ -219,7 +220,6 @@ def _connect_waiting(
 ) -> duckdb.DuckDBPyConnection:
     """:func:`duckdb.connect`, retried while another process holds the file's lock."""
     deadline = time.monotonic() + max(lock_timeout_s, 0.0)
-    delay = _FIRST_DELAY_S
     attempts = 0
     while True:
         attempts += 1
@@ -255,8 +255,7 @@ def _connect_waiting(
                     _holder(message),
                     lock_timeout_s,
                 )
-            time.sleep(min(delay * random.uniform(0.5, 1.0), remaining))
-            delay = min(delay * 2, _MAX_DELAY_S)
+            time.sleep(min(backoff_s(attempts, _FIRST_DELAY_S, _MAX_DELAY_S), remaining))
 
 
 def check_writable(database: str | os.PathLike[str], *, setting: str = DUCKDB_PATH_ENV) -> str:

@@ -1,28 +1,30 @@
-"""The DuckDB IO manager: merges or replaces each staged Klaviyo table in one transaction."""
+"""The DuckDB IO manager: merges or replaces each staged Klaviyo table in one transaction.
+
+A plain configurable IO manager. Not dagster-duckdb's ``DuckDBIOManager``: every write here is ours
+(its delete-then-insert is not one transaction, rejects new columns and keeps duplicate ids), so
+subclassing it bought only its ``database``/``schema`` fields, an unused ``connection_config`` and
+a type-handler hook that has to be stubbed through Dagster's private API.
+"""
 
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import dagster as dg
 import duckdb
 import pyarrow as pa
-from dagster._core.storage.db_io_manager import DbTypeHandler
-from dagster_duckdb import DuckDBIOManager
-from pydantic import Field
+from pydantic import Field, PrivateAttr
 
 from omniload_assets import settings
 from omniload_assets.klaviyo.catalog import TableSpec, get_table
 from omniload_assets.warehouse.connection import DEFAULT_LOCK_TIMEOUT_S, check_writable, open_database
+from omniload_assets.warehouse.reads import WarehouseReader, qualified_name, quote_ident, table_name_of
 from omniload_assets.warehouse.staging import StagedTable
 from omniload_assets.warehouse.writer import (
     WriteResult,
     check_name,
     merge_into,
-    qualified_name,
-    quote_ident,
     replace_table,
     show_name,
 )
@@ -30,29 +32,81 @@ from omniload_assets.warehouse.writer import (
 PREVIEW_ROWS = 5
 
 
-class KlaviyoTablesIOManager(dg.IOManager):
-    """Writes :class:`StagedTable` outputs to ``<schema>.<table>``; loads tables as Arrow/pandas."""
+class _Resolved(NamedTuple):
+    """The settings as a run uses them: checked, with the environment's defaults filled in."""
 
-    def __init__(
-        self,
-        database: str,
-        schema: str,
-        lock_timeout_s: float,
-        table_names: Mapping[str, str] | None = None,
-        memory_limit: str | None = None,
-    ) -> None:
-        self.database = database
-        self.schema = schema
-        self.lock_timeout_s = lock_timeout_s
-        self.table_names = dict(table_names or {})
-        self.memory_limit = memory_limit  # DuckDB's memory_limit for writes; None: its default
+    schema: str
+    memory_limit: str | None
 
-    def _spec(self, context: dg.OutputContext | dg.InputContext) -> TableSpec:
-        return get_table(context.asset_key.path[-1])
+
+class KlaviyoDuckDBIOManager(dg.ConfigurableIOManager):
+    """Writes each Klaviyo table to ``<schema>.<table>`` in DuckDB in one transaction and loads it back.
+
+    Partitioned tables are upserted by primary key, never letting an older row overwrite a newer
+    one; the others are swapped whole. Either the new rows are all there or the table is as it was.
+    Downstream inputs get the table (or their partition's rows) as Arrow, pandas, polars or a
+    DuckDB relation.
+    """
+
+    database: str = Field(description="The DuckDB file, duckdb:/// URI or md: path (OMNILOAD_DUCKDB_PATH).")
+    schema_: str | None = Field(
+        default=None,
+        alias="schema",  # `schema` itself is a reserved name in pydantic
+        description="Schema of the tables; unset: OMNILOAD_DUCKDB_SCHEMA.",
+    )
+    lock_timeout_s: float = Field(
+        default=DEFAULT_LOCK_TIMEOUT_S,
+        description="Seconds to wait for another process's lock on the DuckDB file.",
+    )
+    table_names: dict[str, str] = Field(
+        default_factory=dict,
+        description="Asset name -> DuckDB table name, for tables written under another name "
+        "(the CLI's --dest-table); tables not listed keep their asset name.",
+    )
+    memory_limit: str | None = Field(
+        default=None,
+        description="DuckDB memory_limit of each write to a local file (e.g. 512MB; beyond it DuckDB "
+        "spills to disk); None: DuckDB's default (80% of RAM). Deployments set it from "
+        "OMNILOAD_DUCKDB_MEMORY_LIMIT.",
+    )
+
+    _resolved: _Resolved | None = PrivateAttr(default=None)
+
+    def setup_for_execution(self, context: dg.InitResourceContext) -> None:
+        # A bad path (in-memory, not a DuckDB database, unwritable) or table name fails the step here,
+        # before the asset spends time extracting.
+        check_writable(self.database)
+        self._resolved = self._resolve()
+
+    def _resolve(self) -> _Resolved:
+        schema = check_name(self.schema_ or settings.duckdb_schema(), "schema")
+        for asset_name, table in self.table_names.items():
+            check_name(table, f"table_names[{show_name(asset_name)}] table")
+        return _Resolved(schema, settings.parse_memory_limit(self.memory_limit, "memory_limit"))
+
+    @property
+    def _settings(self) -> _Resolved:
+        if self._resolved is None:  # used outside a Dagster run or sensor (which call setup first)
+            self._resolved = self._resolve()
+        return self._resolved
+
+    @property
+    def schema_name(self) -> str:
+        """The schema of the tables: ``schema``, else ``OMNILOAD_DUCKDB_SCHEMA``."""
+        return self._settings.schema
 
     def table_name(self, spec: TableSpec) -> str:
         """The DuckDB table of ``spec``: its asset name unless ``table_names`` overrides it."""
-        return self.table_names.get(spec.asset_name, spec.asset_name)
+        return table_name_of(spec, self.table_names)
+
+    def reader(self, lock_timeout_s: float | None = None) -> WarehouseReader:
+        """Read-only questions to these tables, waiting at most ``lock_timeout_s`` (default: the
+        IO manager's own) for another process's lock."""
+        wait = self.lock_timeout_s if lock_timeout_s is None else lock_timeout_s
+        return WarehouseReader(self.database, self.schema_name, wait, self.table_names)
+
+    def _spec(self, context: dg.OutputContext | dg.InputContext) -> TableSpec:
+        return get_table(context.asset_key.path[-1])
 
     def handle_output(self, context: dg.OutputContext, obj: StagedTable) -> None:
         if not isinstance(obj, StagedTable):
@@ -63,12 +117,12 @@ class KlaviyoTablesIOManager(dg.IOManager):
         run_id = context.run_id
         try:
             with open_database(
-                self.database, lock_timeout_s=self.lock_timeout_s, memory_limit=self.memory_limit
+                self.database, lock_timeout_s=self.lock_timeout_s, memory_limit=self._settings.memory_limit
             ) as conn:
                 if spec.strategy == "replace":
                     result = replace_table(
                         conn,
-                        schema=self.schema,
+                        schema=self.schema_name,
                         table=self.table_name(spec),
                         files=obj.files,
                         primary_key=spec.primary_key,
@@ -79,7 +133,7 @@ class KlaviyoTablesIOManager(dg.IOManager):
                 else:
                     result = merge_into(
                         conn,
-                        schema=self.schema,
+                        schema=self.schema_name,
                         table=self.table_name(spec),
                         files=obj.files,
                         primary_key=spec.primary_key,
@@ -94,7 +148,7 @@ class KlaviyoTablesIOManager(dg.IOManager):
         context.add_output_metadata(self._metadata(spec, obj, result, preview))
 
     def _preview(self, conn: Any, spec: TableSpec) -> dg.MetadataValue:
-        table = qualified_name(conn, self.schema, self.table_name(spec))
+        table = qualified_name(conn, self.schema_name, self.table_name(spec))
         order = f"{quote_ident(spec.incremental_key)} DESC NULLS LAST, " if spec.incremental_key else ""
         cols = [spec.primary_key, *[c for c in spec.columns if spec.columns[c] != "JSON"][:5]]
         select = ", ".join(quote_ident(c) for c in cols)
@@ -110,7 +164,7 @@ class KlaviyoTablesIOManager(dg.IOManager):
         stats = staged.stats
         meta: dict[str, Any] = {
             "dagster/row_count": result.table_rows,
-            "dagster/table_name": f"{self.schema}.{self.table_name(spec)}",
+            "dagster/table_name": f"{self.schema_name}.{self.table_name(spec)}",
             "strategy": spec.strategy,
             "rows_written": result.rows_written,
             "rows_inserted": result.inserted,
@@ -154,7 +208,7 @@ class KlaviyoTablesIOManager(dg.IOManager):
             where = f" WHERE {key} >= ? AND {key} < ?"
             params = [window.start, window.end]
         with open_database(self.database, read_only=True, lock_timeout_s=self.lock_timeout_s) as conn:
-            table = qualified_name(conn, self.schema, self.table_name(spec))
+            table = qualified_name(conn, self.schema_name, self.table_name(spec))
             arrow: pa.Table = conn.sql(f"SELECT * FROM {table}{where}", params=params).to_arrow_table()
         return convert_table(arrow, getattr(context.dagster_type, "typing_type", None))
 
@@ -172,47 +226,3 @@ def convert_table(arrow: pa.Table, wanted: object) -> Any:
     if module.startswith("duckdb") and "Relation" in name:
         return duckdb.connect().from_arrow(arrow)
     return arrow
-
-
-class KlaviyoDuckDBIOManager(DuckDBIOManager):
-    """dagster-duckdb's IO manager settings, with merge/replace writes of whole Klaviyo tables.
-
-    Unlike the stock manager (delete the partition, then insert), each write is one transaction:
-    an upsert by primary key that never lets an older row overwrite a newer one, or a swap of the
-    whole table; either the new rows are all there or the table is as it was.
-    """
-
-    lock_timeout_s: float = Field(
-        default=DEFAULT_LOCK_TIMEOUT_S,
-        description="Seconds to wait for another process's lock on the DuckDB file.",
-    )
-    table_names: dict[str, str] = Field(
-        default_factory=dict,
-        description="Asset name -> DuckDB table name, for tables written under another name "
-        "(the CLI's --dest-table); tables not listed keep their asset name.",
-    )
-    memory_limit: str | None = Field(
-        default=None,
-        description="DuckDB memory_limit of each write to a local file (e.g. 512MB; beyond it DuckDB "
-        "spills to disk); None: DuckDB's default (80% of RAM). Deployments set it from "
-        "OMNILOAD_DUCKDB_MEMORY_LIMIT.",
-    )
-
-    @staticmethod
-    def type_handlers() -> Sequence[DbTypeHandler]:
-        return []
-
-    def create_io_manager(self, context: dg.InitResourceContext) -> KlaviyoTablesIOManager:
-        # A bad path (in-memory, not a DuckDB database, unwritable) or table name fails the step here,
-        # before the asset spends time extracting.
-        check_writable(self.database)
-        schema = check_name(self.schema_ or settings.duckdb_schema(), "schema")
-        for asset_name, table in self.table_names.items():
-            check_name(table, f"table_names[{show_name(asset_name)}] table")
-        return KlaviyoTablesIOManager(
-            database=self.database,
-            schema=schema,
-            lock_timeout_s=self.lock_timeout_s,
-            table_names=self.table_names,
-            memory_limit=settings.parse_memory_limit(self.memory_limit, "memory_limit"),
-        )

@@ -1,4 +1,4 @@
-"""Staging extracted rows as Parquet files, so no DuckDB lock is held while the API is slow.
+"""Staging: the sink of extracted rows, Parquet files, so no DuckDB lock is held while the API is slow.
 
 Each stager's directory (in ``OMNILOAD_STAGING_DIR``, else the system temp dir) is named after the
 process that owns it: ``omniload-<table>-<pid>-<where>-<start>-<random>``, ``where`` telling the
@@ -20,7 +20,6 @@ import re
 import shutil
 import socket
 import tempfile
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -29,14 +28,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from omniload_assets.klaviyo.catalog import TableSpec
-from omniload_assets.klaviyo.page_processes import PageProcesses, default_processes
-from omniload_assets.klaviyo.pages import PageBatch, RawPage, read_page
-from omniload_assets.klaviyo.rows import ROWS_POOL, RowBuilder, release_free_memory
-from omniload_assets.klaviyo.windows import TimeWindow
+from omniload_assets.process_tuning import ROWS_POOL, release_free_memory
 from omniload_assets.warehouse.connection import WarehouseError
 
-if TYPE_CHECKING:
-    from omniload_assets.klaviyo.client import ClientStats, KlaviyoClient
+if TYPE_CHECKING:  # a value StagedTable carries, never used here
+    from omniload_assets.klaviyo.windows import TimeWindow
 
 #: Rows per staged file: large enough for fast bulk loads, small enough to bound memory.
 ROWS_PER_FILE = 20_000
@@ -46,9 +42,6 @@ ROWS_PER_FILE = 20_000
 STAGING_COMPRESSION = "lz4"
 #: Rows staged after which ``finish`` runs a full garbage collection (see there).
 COLLECT_AFTER_ROWS = 200_000
-#: Rows a table stages (or expects) before pages go to decoding processes (starting one costs
-#: ~0.5 s of CPU).
-PROCESSES_AFTER_ROWS = 20_000
 #: The variable that says where to stage, named in errors.
 STAGING_DIR_ENV = "OMNILOAD_STAGING_DIR"
 #: A stager's directory: ``omniload-<table>-<pid>-<host><boot><pid namespace>-<start ticks>-<random>``.
@@ -226,34 +219,13 @@ class StagedTable:
 
 
 class ParquetStager:
-    """Collects rows of one table and writes them out as Parquet files of ``ROWS_PER_FILE`` rows.
-
-    Rows wait as Arrow tables (compact, columnar), never as Python dicts; pass :meth:`read` and
-    :meth:`convert` to the client (``KlaviyoClient.iter_batches``) to have the fetching workers
-    decode pages and build rows. Once ``processes_after_rows`` rows are staged (or :meth:`expect`
-    says they will be), ``processes`` worker processes decode the pages instead
-    (``page_processes``; default: ``default_processes()``, 0: never). :meth:`batches` wires it all.
-    """
+    """A sink for one table's rows: Arrow tables in (:meth:`add`), Parquet files of
+    ``ROWS_PER_FILE`` rows out. Rows wait as Arrow tables (compact, columnar), never as Python dicts."""
 
     def __init__(
-        self,
-        spec: TableSpec,
-        base_dir: str | None = None,
-        rows_per_file: int = ROWS_PER_FILE,
-        *,
-        processes: int | None = None,
-        processes_after_rows: int = PROCESSES_AFTER_ROWS,
+        self, spec: TableSpec, base_dir: str | None = None, rows_per_file: int = ROWS_PER_FILE
     ) -> None:
         self.spec = spec
-        self.processes = default_processes() if processes is None else processes
-        self.processes_after_rows = processes_after_rows
-        self._decoders: PageProcesses | None = None
-        #: Sum of the decoding processes' peak RSS (MB), once they have stopped; 0 if none ran.
-        self.decoders_peak_rss_mb = 0.0
-        self.pages_decoded_in_processes = 0
-        self._rows_seen = 0
-        self._expected_rows = 0
-        self.builder = RowBuilder(spec)
         self.directory = make_staging_dir(spec.asset_name, base_dir)
         self.rows_per_file = rows_per_file
         self.files: list[str] = []
@@ -261,77 +233,11 @@ class ParquetStager:
         self._pending: list[pa.Table] = []
         self._pending_rows = 0
 
-    def read(self, body: bytes) -> RawPage:
-        """A page's body decoded: by the decoding processes once they run, else here (thread-safe)."""
-        decoders = self._decoders
-        if decoders is not None and decoders.ready:
-            return decoders.read(body)
-        return read_page(self.spec, body)
-
-    @property
-    def decoder_pids(self) -> list[int]:
-        """Process ids of the running decoding processes (for monitoring)."""
-        decoders = self._decoders
-        return [] if decoders is None else [pid for pid in decoders.pids if pid is not None]
-
-    def start_decoders(self) -> PageProcesses | None:
-        """Start the decoding processes now (if ``processes`` allows any); pages go to them once
-        they are up. Returns them (None without any)."""
-        if self._decoders is None and self.processes:
-            self._decoders = PageProcesses(self.spec, self.processes)
-        return self._decoders
-
-    def expect(self, records: int) -> None:
-        """A hint that about ``records`` rows are coming (thread-safe): when that is at least
-        ``processes_after_rows``, the next :meth:`add` starts the decoding processes."""
-        self._expected_rows = max(self._expected_rows, records)
-
-    def batches(
-        self,
-        client: KlaviyoClient,
-        window: TimeWindow | None,
-        *,
-        page_size: int | None = None,
-        parallelism: int = 1,
-        stats: ClientStats | None = None,
-    ) -> Iterator[pa.Table]:
-        """The table's pages in ``window`` as row tables, read, converted and sized the stager's way
-        (``KlaviyoClient.iter_batches`` with :meth:`read`, :meth:`convert` and :meth:`expect`); pass
-        each to :meth:`add`.
-
-        Whether a table is large is known from its first page, and decoding processes started then
-        are up (~0.3 s) only after the pages that page hands over are back: decoded here meanwhile,
-        they slow the start. So a table whose endpoint can serve ``processes_after_rows`` records
-        within a second (events: 58,000/s) starts its processes with its first request (while it
-        waits, on another CPU), and lets every worker's request go at once, as its pages cost this
-        process little."""
-        if self.spec.ceiling >= self.processes_after_rows:
-            self.start_decoders()
-        return client.iter_batches(
-            self.spec,
-            window,
-            self.convert,
-            read=self.read,
-            expect=self.expect,
-            page_size=page_size,
-            parallelism=parallelism,
-            start_in_flight=parallelism if self._decoders is not None else None,
-            stats=stats,
-        )
-
-    def convert(self, batch: PageBatch) -> pa.Table:
-        """One page's kept records as an Arrow table of rows (thread-safe)."""
-        return self.builder.page_table(batch)
-
-    def add(self, batch: PageBatch | pa.Table) -> None:
-        """Add a page (a batch, or a table from :meth:`convert`); write a file when enough wait."""
-        table = batch if isinstance(batch, pa.Table) else self.convert(batch)
+    def add(self, table: pa.Table) -> None:
+        """Stage one page's rows; write a file when enough wait."""
         if table.num_rows:
             self._pending.append(table)
             self._pending_rows += table.num_rows
-            self._rows_seen += table.num_rows
-        if max(self._rows_seen, self._expected_rows) >= self.processes_after_rows:
-            self.start_decoders()
         if self._pending_rows >= self.rows_per_file:
             self.flush()
 
@@ -356,8 +262,11 @@ class ParquetStager:
         del table
         release_free_memory()  # every ROWS_PER_FILE rows: what the pages freed goes back to the OS
 
-    def finish(self, window: TimeWindow | None, stats: dict[str, float]) -> StagedTable:
-        self._stop_decoders()
+    def finish(
+        self, window: TimeWindow | None, stats: dict[str, float], column_types: dict[str, str]
+    ) -> StagedTable:
+        """The staged files, once the last rows are written; ``column_types`` are the DuckDB types
+        of every column the rows may hold (the decoder's ``column_types()``)."""
         self.flush()
         # Before the write, what extraction freed goes back to the OS: Arrow's pool, the garbage of
         # the workers' reference cycles, and glibc's free heap (measured: a 1M-event run's peak,
@@ -372,22 +281,10 @@ class ParquetStager:
             table=self.spec.name,
             directory=self.directory,
             files=list(self.files),
-            column_types=self.builder.column_types(),
+            column_types=dict(column_types),
             window=window,
-            stats={
-                **stats,
-                "rows": self.rows_written,
-                "pages_decoded_in_processes": self.pages_decoded_in_processes,
-            },
+            stats={**stats, "rows": self.rows_written},
         )
 
     def discard(self) -> None:
-        self._stop_decoders()
         shutil.rmtree(self.directory, ignore_errors=True)
-
-    def _stop_decoders(self) -> None:
-        if self._decoders is not None:
-            self._decoders.close()
-            self.decoders_peak_rss_mb = self._decoders.peak_rss_mb
-            self.pages_decoded_in_processes = self._decoders.pages
-            self._decoders = None

@@ -45,6 +45,12 @@ from pathlib import Path
 import duckdb
 
 from omniload_assets.warehouse.connection import WarehouseError
+from omniload_assets.warehouse.reads import (
+    current_catalog,
+    quote_ident,
+    table_columns,
+    table_comment,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -114,13 +120,12 @@ def table_refusal(
     conn: duckdb.DuckDBPyConnection, schema: str, table: str, source_table: str, primary_key: str
 ) -> str | None:
     """:func:`owner_refusal` for ``schema.table`` as it is in ``conn`` (a check before a run)."""
-    where = "WHERE lower(schema_name) = lower(?) AND lower(table_name) = lower(?)"
-    rows = conn.execute(f"SELECT comment FROM duckdb_tables() {where}", [schema, table]).fetchall()
-    if not rows:
+    columns = table_columns(conn, schema, table)
+    if columns is None:
         return None
-    found = conn.execute(f"SELECT column_name FROM duckdb_columns() {where}", [schema, table]).fetchall()
-    columns = [str(r[0]) for r in found]
-    return owner_refusal(f"{schema}.{table}", str(rows[0][0] or ""), columns, source_table, primary_key)
+    comment = table_comment(conn, schema, table)
+    names = [name for name, _ in columns]
+    return owner_refusal(f"{schema}.{table}", comment, names, source_table, primary_key)
 
 
 def check_name(name: str, what: str = "table") -> str:
@@ -224,27 +229,6 @@ def replace_table(
         return loader.replace(run_id)
 
 
-def quote_ident(name: str) -> str:
-    """Quote a DuckDB identifier."""
-    return '"' + name.replace('"', '""') + '"'
-
-
-def qualified_name(conn: duckdb.DuckDBPyConnection, schema: str, table: str) -> str:
-    """``"catalog"."schema"."table"`` for the connection's database.
-
-    Always use this (not ``schema.table``) to refer to a table: with the seed's
-    ``klaviyo.duckdb`` file the catalog is named ``klaviyo`` too, and DuckDB rejects
-    ``klaviyo.events`` as an ambiguous reference to catalog or schema.
-    """
-    return ".".join(quote_ident(part) for part in (_current_catalog(conn), schema, table))
-
-
-def _current_catalog(conn: duckdb.DuckDBPyConnection) -> str:
-    # fetchall, not fetchone: DuckDB keeps an unfinished result open and refuses conn.sql() after it.
-    rows = conn.execute("SELECT current_database()").fetchall()
-    return str(rows[0][0])
-
-
 def _literal(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
@@ -336,22 +320,13 @@ class _Loader:
         self.declared = self._canonical_types(column_types)
         self.source: dict[str, str] = {}
         self.source = self._source_columns()
-        self.catalog = _current_catalog(conn)
+        self.catalog = current_catalog(conn)
         self.target = self._qualified(table)
 
     def _qualified(self, table: str) -> str:
         return f"{quote_ident(self.catalog)}.{quote_ident(self.schema)}.{quote_ident(table)}"
 
     # -- the record of what the table holds -----------------------------------------------
-
-    def _comment(self, table: str) -> str | None:
-        """The DuckDB comment of ``table`` (empty string if none); None if the table does not exist."""
-        rows = self.conn.execute(
-            "SELECT comment FROM duckdb_tables() WHERE database_name = ? "
-            "AND lower(schema_name) = lower(?) AND lower(table_name) = lower(?)",
-            [self.catalog, self.schema, table],
-        ).fetchall()
-        return None if not rows else str(rows[0][0] or "")
 
     def _claim(self, existing: list[tuple[str, str]] | None) -> tuple[str | None, str | None]:
         """Check, before anything changes, that this write may go into the table.
@@ -360,7 +335,7 @@ class _Loader:
         Raises :class:`TableOwnerError` when the table records another source or primary key, or
         has no record and lacks the primary key column (so it is not a table of this source).
         """
-        comment = self._comment(self.table)
+        comment = table_comment(self.conn, self.schema, self.table)
         if self.source_table is None:
             return comment, None
         columns = None if existing is None else [name for name, _ in existing]
@@ -418,23 +393,6 @@ class _Loader:
             for name, type_name, *_ in rows
             if str(name).lower() not in METADATA_COLUMNS and str(name) != _FILENAME
         }
-
-    def _existing_columns(self, schema: str, table: str) -> list[tuple[str, str]] | None:
-        """``(name, type)`` of an existing table in column order, or None if it does not exist."""
-        exists = self.conn.execute(
-            "SELECT count(*) FROM duckdb_tables() WHERE database_name = ? "
-            "AND lower(schema_name) = lower(?) AND lower(table_name) = lower(?)",
-            [self.catalog, schema, table],
-        ).fetchone()
-        if not exists or not exists[0]:
-            return None
-        rows = self.conn.execute(
-            "SELECT column_name, data_type FROM duckdb_columns() "
-            "WHERE database_name = ? AND lower(schema_name) = lower(?) "
-            "AND lower(table_name) = lower(?) ORDER BY column_index",
-            [self.catalog, schema, table],
-        ).fetchall()
-        return [(str(n), str(t)) for n, t in rows]
 
     def _plan(self, existing: list[tuple[str, str]] | None) -> tuple[list[_Column], list[str]]:
         """Target columns (existing, then declared, then extras; metadata last) and the new ones."""
@@ -639,7 +597,7 @@ class _Loader:
 
     def merge(self, run_id: str | None) -> WriteResult:
         """The body of :func:`merge_into`, inside the caller's transaction."""
-        existing = self._existing_columns(self.schema, self.table)
+        existing = table_columns(self.conn, self.schema, self.table)
         _, record = self._claim(existing)
         schema = f"{quote_ident(self.catalog)}.{quote_ident(self.schema)}"
         self.conn.execute(f"CREATE SCHEMA IF NOT EXISTS {schema}")
@@ -689,7 +647,7 @@ class _Loader:
 
     def replace(self, run_id: str | None) -> WriteResult:
         """The body of :func:`replace_table`, inside the caller's transaction."""
-        existing = self._existing_columns(self.schema, self.table)
+        existing = table_columns(self.conn, self.schema, self.table)
         comment, record = self._claim(existing)
         schema = f"{quote_ident(self.catalog)}.{quote_ident(self.schema)}"
         self.conn.execute(f"CREATE SCHEMA IF NOT EXISTS {schema}")

@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import IO, Any
 
 from omniload_assets.klaviyo.catalog import get_table
+from omniload_assets.klaviyo.decoders import default_processes
 from omniload_assets.klaviyo.extraction import workers_for
-from omniload_assets.klaviyo.page_processes import default_processes
 from omniload_assets_tests.bench import entry_points
 from omniload_assets_tests.bench.simclient import Simulator, run_json, start_simulator
 

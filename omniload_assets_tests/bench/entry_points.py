@@ -35,7 +35,7 @@ from typing import IO
 import duckdb
 
 from omniload_assets.klaviyo.catalog import TABLES, TableSpec, get_table
-from omniload_assets.warehouse.writer import qualified_name
+from omniload_assets.warehouse.reads import qualified_name
 from omniload_assets_tests.bench.simclient import Simulator, start_simulator
 
 HERE = Path(__file__).resolve().parent

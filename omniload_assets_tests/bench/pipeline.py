@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import tempfile
 import threading
@@ -19,6 +20,8 @@ from pathlib import Path
 from omniload_assets import settings
 from omniload_assets.klaviyo.catalog import get_table
 from omniload_assets.klaviyo.client import ClientStats, KlaviyoClient
+from omniload_assets.klaviyo.decoders import decoder_for
+from omniload_assets.klaviyo.extraction import extract
 from omniload_assets.klaviyo.windows import TimeWindow
 from omniload_assets.warehouse.connection import open_database
 from omniload_assets.warehouse.staging import ParquetStager
@@ -36,7 +39,7 @@ def cpu_s() -> float:
 
 
 def children_cpu_s() -> float:
-    """CPU of this process's finished children: here, the page-decoding processes."""
+    """CPU of this process's finished children: here, the decode processes."""
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     return usage.ru_utime + usage.ru_stime
 
@@ -50,12 +53,23 @@ def rss_mb(pid: int | str) -> float:
         return 0.0
 
 
+def child_pids() -> list[str]:
+    """This process's children (the decode processes), from /proc (Linux; none elsewhere)."""
+    pids: list[str] = []
+    try:
+        for task in os.scandir("/proc/self/task"):
+            with open(f"{task.path}/children") as children:
+                pids += children.read().split()
+    except OSError:
+        pass
+    return pids
+
+
 class TreePeak:
-    """Samples this process's RSS plus its decoding processes' every 20 ms: the run's peak at any
+    """Samples this process's RSS plus its decode processes' every 20 ms: the run's peak at any
     one moment (the sum of each process's own peak is an upper bound of it)."""
 
-    def __init__(self, stager: ParquetStager) -> None:
-        self.stager = stager
+    def __init__(self) -> None:
         self.peak_mb = 0.0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._sample, daemon=True)
@@ -63,7 +77,7 @@ class TreePeak:
 
     def _sample(self) -> None:
         while not self._stop.wait(0.02):
-            now = rss_mb("self") + sum(rss_mb(pid) for pid in self.stager.decoder_pids)
+            now = rss_mb("self") + sum(rss_mb(pid) for pid in child_pids())
             self.peak_mb = max(self.peak_mb, now)
 
     def stop(self) -> float:
@@ -77,16 +91,17 @@ def run(args: argparse.Namespace) -> dict[str, float]:
     window = TimeWindow(args.start, args.end)
     stats = ClientStats()
     workdir = Path(tempfile.mkdtemp(prefix="omniload-bench-", dir=args.workdir))
-    stager = ParquetStager(spec, str(workdir / "staging"), processes=args.decode_processes)
-    tree = TreePeak(stager)
+    stager = ParquetStager(spec, str(workdir / "staging"))
     cpu0, t0 = cpu_s(), time.perf_counter()
+    decoder = decoder_for(spec, args.decode_processes)
+    tree = TreePeak()
     with KlaviyoClient(
         args.api_key, base_url=args.base_url, pace=not args.no_pace, max_connections=args.parallelism + 4
     ) as client:
-        for batch in stager.batches(client, window, parallelism=args.parallelism, stats=stats):
-            stager.add(batch)
+        extract(client, spec, window, decoder, stager.add, parallelism=args.parallelism, stats=stats)
     peak_tree_extract = tree.stop()
-    staged = stager.finish(window, stats.as_dict())  # the decoding processes stop here
+    decoder.close()
+    staged = stager.finish(window, stats.as_dict(), decoder.column_types())
     extract_s, extract_cpu = time.perf_counter() - t0, cpu_s() - cpu0
     rss_extract = peak_rss_mb()
     decoders_cpu = children_cpu_s()
@@ -115,7 +130,7 @@ def run(args: argparse.Namespace) -> dict[str, float]:
         "extract_s": extract_s,
         "extract_cpu_s": extract_cpu,
         "decoders_cpu_s": decoders_cpu,
-        "decoders_peak_rss_mb": stager.decoders_peak_rss_mb,
+        "decoders_peak_rss_mb": decoder.peak_rss_mb,
         "load_s": load_s,
         "total_s": extract_s + load_s,
         "peak_rss_extract_mb": rss_extract,

@@ -11,11 +11,12 @@ from urllib.parse import parse_qsl, urlsplit
 import pytest
 
 from omniload_assets.klaviyo.catalog import TABLES
+from omniload_assets.klaviyo.changes import ChangeProbe
 from omniload_assets.klaviyo.client import ClientStats, KlaviyoClient
 from omniload_assets.klaviyo.extraction import Extraction
 from omniload_assets.klaviyo.windows import TimeWindow
-from omniload_assets.sensors import ChangeProbe
 from omniload_assets_tests.conftest import SIM_END, SIM_START
+from omniload_assets_tests.records import RecordsDecoder, iter_records
 from omniload_assets_tests.simulator import KlaviyoSimulator
 
 from . import document
@@ -93,21 +94,28 @@ def exchanges(doc: dict[str, Any]) -> list[Exchange]:
         with KlaviyoClient(sim.api_key, base_url=sim.base_url, pace=False, max_retries=0) as client:
             for spec in TABLES:
                 source[0] = "listing"
-                list(client.iter_records(spec, None))
+                list(iter_records(client, spec, None))
                 if spec.partitioned:
                     source[0] = "window"
-                    list(client.iter_records(spec, WINDOW))
+                    list(iter_records(client, spec, WINDOW))
                 if spec.partitioned and spec.server_side_window:
                     source[0] = "hand-over"
                     size = 25 if spec.name == "events" else 2
                     stats = ClientStats()
                     list(
                         HandOver(
-                            client, spec, WINDOW, page_size=size, parallelism=1, stats=stats, now=SIM_END
+                            client,
+                            spec,
+                            WINDOW,
+                            RecordsDecoder(spec),
+                            page_size=size,
+                            parallelism=1,
+                            stats=stats,
+                            now=SIM_END,
                         )
                     )
                     source[0] = "concurrent"
-                    list(client.iter_records(spec, WINDOW, parallelism=4, page_size=size))
+                    list(iter_records(client, spec, WINDOW, parallelism=4, page_size=size))
                 if spec.partitioned:
                     source[0] = "probe"
                     ChangeProbe(client).changes(spec, MARK)

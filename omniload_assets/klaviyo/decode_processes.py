@@ -1,22 +1,26 @@
-"""Pages decoded into Arrow rows by worker processes, so one interpreter's GIL does not cap a run.
+"""Decode processes: pages decoded into Arrow rows by a pool of processes, so one interpreter's
+GIL does not cap a run.
 
 Decoding a page of 1,000 events and building its columns costs ~9 ms of CPU under the GIL, about
 as much again as fetching it; with every page decoded in the run's process, that process (one core
 at most) capped a backfill at ~30,000 events/s. Here a pool of ``spawn``-ed processes, each with its
 own ``RowBuilder``, turns bodies into rows; the run's process only fetches, reads each page's keys
-and ``links.next`` from the answer, and stages the rows. Rows come back as an Arrow IPC stream (one
-``bytes`` object, read without copying). Starting a process costs about half a second of CPU, so a
-stager starts them only once a table proves large (see ``staging.ParquetStager``).
+and ``links.next`` from the answer, and stages the rows. Starting a process costs about half a
+second of CPU, so ``decoders.ProcessDecoder`` starts them only for a table that proves large.
 
-Each worker has two pipes of 1 MiB (a body or its rows cross in a write or two) and takes up to
-``PAGES_PER_WORKER`` pages at once, answering in order, so the next body crosses while it decodes;
-the fetching thread writes its body and reads its answer itself, with no thread in between
-(``ProcessPoolExecutor``'s feeder and manager threads cost ~10% of the run's process's CPU).
+The wire, both ends of which are here: each process has two pipes of 1 MiB (a body or its rows
+cross in a write or two). Bodies go as *frames*, an 8-byte big-endian length then the bytes,
+written straight to the pipe's file descriptor and read by the process into one buffer it keeps
+(:class:`_Frames`). Answers come back with ``multiprocessing.Connection.send``/``recv`` (pickled):
+the page's raw keys, ``links.next``, its rows as an Arrow IPC stream (one ``bytes`` object, read
+without copying) and the extra columns seen. A process takes up to ``PAGES_PER_PROCESS`` pages at
+once, answering in order, so the next body crosses while it decodes; the fetching thread writes its
+body and reads its answer itself, with no thread in between (``ProcessPoolExecutor``'s feeder and
+manager threads cost ~10% of the run's process's CPU).
 """
 
 from __future__ import annotations
 
-import importlib.abc
 import io
 import logging
 import multiprocessing
@@ -27,9 +31,6 @@ import struct
 import sys
 import threading
 import time
-import types
-from collections.abc import Iterator
-from contextlib import contextmanager
 from multiprocessing.connection import Connection
 from typing import Any
 
@@ -38,31 +39,11 @@ import pyarrow as pa
 from omniload_assets.klaviyo.catalog import TableSpec
 from omniload_assets.klaviyo.pages import PageBatch, RawPage, read_page
 from omniload_assets.klaviyo.rows import RowBuilder
+from omniload_assets.process_tuning import block_pandas, without_main_script
 
 log = logging.getLogger(__name__)
 
-#: Most worker processes a table gets by default: two keep up with the events endpoint's limits.
-MAX_DEFAULT_PROCESSES = 2
-
-
-def default_processes() -> int:
-    """Decoding processes when not configured: one fewer than the CPUs (the run's process needs
-    one), at least one, at most :data:`MAX_DEFAULT_PROCESSES`; none on a single CPU."""
-    cpus = os.cpu_count() or 1
-    return 0 if cpus < 2 else min(MAX_DEFAULT_PROCESSES, cpus - 1)
-
-
-# -- in the worker processes ---------------------------------------------------------------------
-
-
-class _NoPandas(importlib.abc.MetaPathFinder):
-    """pyarrow imports pandas (~0.3 s of CPU) the first time it converts a list, only to ask
-    whether the list is a pandas object; a worker never has one, so pandas is not found here."""
-
-    def find_spec(self, fullname: str, path: Any, target: Any = None) -> None:
-        if fullname == "pandas":
-            raise ModuleNotFoundError("pandas is not imported by page-decoding processes", name=fullname)
-        return None
+# -- in the decode processes ---------------------------------------------------------------------
 
 
 def _decode(builder: RowBuilder, body: bytes | memoryview) -> tuple[list[Any], Any, bytes, dict[str, str]]:
@@ -75,27 +56,39 @@ def _decode(builder: RowBuilder, body: bytes | memoryview) -> tuple[list[Any], A
     return page.keys, page.next, sink.getvalue().to_pybytes(), dict(builder.extra_columns)
 
 
-class _Bodies:
-    """The bodies the run's process sends (``Connection.send_bytes``'s framing), read into one
-    buffer this worker keeps: with a fresh megabyte for each body, as ``recv_bytes`` gives (page
-    faults and two copies), a worker spent 6.6-6.9 ms of CPU a page of 1,000 events, against
-    4.8-5.5 ms with the kept buffer (measured by hand, 300 pages)."""
+#: A frame's header: the body's length in bytes, 8 bytes big-endian.
+_HEADER = struct.Struct("!Q")
 
-    def __init__(self, conn: Connection) -> None:
-        self._file = io.FileIO(conn.fileno(), "rb", closefd=False)
+
+def _write_all(fd: int, data: bytes | memoryview) -> None:
+    """Write all of ``data`` to the pipe ``fd`` (a pipe takes at most its capacity per write)."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+def send_frame(fd: int, body: bytes) -> None:
+    """Send ``body`` as one frame on the pipe ``fd`` (see the module's docstring)."""
+    _write_all(fd, _HEADER.pack(len(body)))
+    _write_all(fd, body)
+
+
+class _Frames:
+    """The frames the run's process sends, read into one buffer this process keeps: with a fresh
+    megabyte for each body (page faults and two copies), a process spent 6.6-6.9 ms of CPU a page
+    of 1,000 events, against 4.8-5.5 ms with the kept buffer (measured by hand, 300 pages)."""
+
+    def __init__(self, fd: int) -> None:
+        self._file = io.FileIO(fd, "rb", closefd=False)
         self._buffer = bytearray(2 * PIPE_BYTES)
 
     def next(self) -> memoryview | None:
         """The next body, or None once the run's process closed the pipe. Release it (see
         :meth:`done`) before asking for the next."""
-        header = self._exactly(4)
-        if header is None:
+        header = bytearray(_HEADER.size)
+        if not self._fill(memoryview(header)):
             return None
-        (size,) = struct.unpack("!i", header)
-        if size == -1 and (header := self._exactly(8)) is not None:  # over 2 GiB
-            (size,) = struct.unpack("!Q", header)
-        if size < 0:
-            raise EOFError("the run's process closed the pipe within a body's size")
+        (size,) = _HEADER.unpack(header)
         if size > len(self._buffer):
             self._buffer = bytearray(size)
         body = memoryview(self._buffer)[:size]
@@ -111,10 +104,6 @@ class _Bodies:
         except BufferError:
             self._buffer = bytearray(len(self._buffer))
 
-    def _exactly(self, size: int) -> bytes | None:
-        data = bytearray(size)
-        return bytes(data) if self._fill(memoryview(data)) else None
-
     def _fill(self, view: memoryview) -> bool:
         got = 0
         while got < len(view):
@@ -126,12 +115,12 @@ class _Bodies:
 
 
 def _serve(spec: TableSpec, bodies: Connection, replies: Connection) -> None:
-    """A worker: answer each of ``bodies`` on ``replies`` with ``("ok", decoded)`` or
-    ``("error", exception)`` until the run's process closes either pipe."""
+    """A decode process: answer each frame of ``bodies`` on ``replies`` with ``("ok", decoded)``
+    or ``("error", exception)`` until the run's process closes either pipe."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the run's to handle; it closes the pipe
-    sys.meta_path.insert(0, _NoPandas())
+    block_pandas()
     builder = RowBuilder(spec)
-    received = _Bodies(bodies)
+    received = _Frames(bodies.fileno())
     try:
         replies.send(("ready", None))
         while (body := received.next()) is not None:
@@ -147,18 +136,6 @@ def _serve(spec: TableSpec, bodies: Connection, replies: Connection) -> None:
 
 
 # -- in the run's process ------------------------------------------------------------------------
-
-
-@contextmanager
-def _no_main_script() -> Iterator[None]:
-    """Hide the ``__main__`` script from ``spawn``: its workers would re-import it, and for
-    ``dagster`` that is all of Dagster (a second and some 150 MB a worker) they do not need."""
-    main = sys.modules["__main__"]
-    sys.modules["__main__"] = types.ModuleType("__main__")  # no __file__, no __spec__
-    try:
-        yield
-    finally:
-        sys.modules["__main__"] = main
 
 
 def _peak_rss_mb(pid: int | None) -> float:
@@ -193,17 +170,17 @@ def _widen(conn: Connection) -> None:
             continue
 
 
-#: Pages a worker may hold at once: the next bodies cross the pipe while it decodes (3 did better
+#: Pages a process may hold at once: the next bodies cross the pipe while it decodes (3 did better
 #: than 2 and 4 in A/B runs of the bench's events backfill on 2 cores).
-PAGES_PER_WORKER = 3
+PAGES_PER_PROCESS = 3
 
 
 class _Channel:
-    """The run's ends of the two pipes of one worker. Answers come in the order bodies went."""
+    """The run's ends of the two pipes of one decode process. Answers come in the order bodies went."""
 
-    def __init__(self, to_worker: Connection, from_worker: Connection) -> None:
-        self.to_worker = to_worker
-        self.from_worker = from_worker
+    def __init__(self, to_process: Connection, from_process: Connection) -> None:
+        self.to_process = to_process
+        self.from_process = from_process
         self.dead = False  # counted as dead by the pool
         self._broken = False
         self._sending = threading.Lock()
@@ -212,27 +189,27 @@ class _Channel:
         self._answered = 0
 
     def exchange(self, body: bytes) -> tuple[str, Any]:
-        """Send ``body`` and wait for its answer; :class:`_WorkerDied` if the pipe broke."""
+        """Send ``body`` and wait for its answer; :class:`_ProcessDied` if the pipe broke."""
         with self._sending:
             ticket = self._sent
             self._sent += 1
             try:
                 if self._broken:
-                    raise _WorkerDied
-                self.to_worker.send_bytes(body)
+                    raise _ProcessDied
+                send_frame(self.to_process.fileno(), body)
             except OSError as exc:
                 self._break()
-                raise _WorkerDied from exc
+                raise _ProcessDied from exc
         with self._turn:
             while self._answered != ticket and not self._broken:
                 self._turn.wait()
             try:
                 if self._broken:
-                    raise _WorkerDied
-                answer: tuple[str, Any] = self.from_worker.recv()
+                    raise _ProcessDied
+                answer: tuple[str, Any] = self.from_process.recv()
             except (EOFError, OSError) as exc:
                 self._broken = True
-                raise _WorkerDied from exc
+                raise _ProcessDied from exc
             finally:
                 self._answered += 1
                 self._turn.notify_all()
@@ -244,28 +221,28 @@ class _Channel:
             self._turn.notify_all()
 
     def close(self) -> None:
-        self.to_worker.close()
-        self.from_worker.close()
+        self.to_process.close()
+        self.from_process.close()
 
 
-class _WorkerDied(Exception):
-    """A worker's pipe broke: the process is gone."""
+class _ProcessDied(Exception):
+    """A decode process's pipe broke: the process is gone."""
 
 
-class PageProcesses:
-    """Processes decoding the pages of one table. Thread-safe."""
+class DecodeProcesses:
+    """The decode processes of one table. Thread-safe."""
 
     def __init__(self, spec: TableSpec, processes: int) -> None:
         self.spec = spec
         context = multiprocessing.get_context("spawn")  # never fork a process running threads
         self._processes: list[multiprocessing.process.BaseProcess] = []
-        self._starting: list[_Channel] = []  # workers not yet ready
+        self._starting: list[_Channel] = []  # processes not yet ready
         self._free: queue.SimpleQueue[_Channel | None] = queue.SimpleQueue()
-        with _no_main_script():
+        with without_main_script():
             for i in range(processes):
-                bodies, to_worker = context.Pipe(duplex=False)
-                from_worker, replies = context.Pipe(duplex=False)
-                _widen(to_worker)
+                bodies, to_process = context.Pipe(duplex=False)
+                from_process, replies = context.Pipe(duplex=False)
+                _widen(to_process)
                 _widen(replies)
                 process = context.Process(
                     target=_serve,
@@ -277,53 +254,53 @@ class PageProcesses:
                 bodies.close()
                 replies.close()
                 self._processes.append(process)
-                self._starting.append(_Channel(to_worker, from_worker))
+                self._starting.append(_Channel(to_process, from_process))
         self._lock = threading.Lock()
         self._alive = processes
         self._ready = 0
         self._closed = False
-        #: Pages the workers decoded.
+        #: Pages the processes decoded.
         self.pages = 0
-        #: Sum of the workers' peak RSS in MB, known once :meth:`close` has run (Linux).
+        #: Sum of the processes' peak RSS in MB, known once :meth:`close` has run (Linux).
         self.peak_rss_mb = 0.0
 
     @property
     def pids(self) -> list[int | None]:
-        """The workers' process ids."""
+        """The decode processes' ids."""
         return [process.pid for process in self._processes]
 
     @property
     def ready(self) -> bool:
-        """True once a worker has started (until then pages are better decoded in-process) and
+        """True once a process has started (until then pages are better decoded in-process) and
         while one lives."""
         with self._lock:
             if self._closed or self._alive == 0:
                 return False
-            for channel in [c for c in self._starting if c.from_worker.poll()]:
+            for channel in [c for c in self._starting if c.from_process.poll()]:
                 self._starting.remove(channel)
                 try:
-                    channel.from_worker.recv()
+                    channel.from_process.recv()
                 except (EOFError, OSError):
                     self._died_locked(channel)
                 else:
                     self._ready += 1
-                    for _ in range(PAGES_PER_WORKER):
+                    for _ in range(PAGES_PER_PROCESS):
                         self._free.put(channel)
             return self._ready > 0
 
     def wait_started(self, timeout: float | None = None) -> None:
-        """Block until every worker has started (or failed to), or ``timeout`` seconds passed."""
+        """Block until every process has started (or failed to), or ``timeout`` seconds passed."""
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             with self._lock:
-                starting = [c.from_worker for c in self._starting]
+                starting = [c.from_process for c in self._starting]
             left = None if deadline is None else max(0.0, deadline - time.monotonic())
             if not starting or not multiprocessing.connection.wait(starting, left):
                 return
-            _ = self.ready  # takes in the workers that answered
+            _ = self.ready  # takes in the processes that answered
 
     def read(self, body: bytes) -> RawPage:
-        """The page decoded by a worker (waiting for one to start or be free); in this process if
+        """The page decoded by a process (waiting for one to start or be free); in this process if
         none is alive. Raises what ``read_page`` raises for a body that is not a JSON:API page."""
         if not self.ready:
             self.wait_started()
@@ -333,7 +310,7 @@ class PageProcesses:
         if channel is not None:
             try:
                 status, reply = channel.exchange(body)
-            except _WorkerDied:
+            except _ProcessDied:
                 with self._lock:
                     self._died_locked(channel)
             else:
@@ -346,7 +323,7 @@ class PageProcesses:
                 table = pa.ipc.open_stream(stream).read_all()
                 return RawPage(body, keys, next_link, None, table=table, extra_columns=columns)
         else:
-            self._free.put(None)  # every worker died, or the pool closed: wake the next waiter too
+            self._free.put(None)  # every process died, or the pool closed: wake the next waiter too
         return read_page(self.spec, body)
 
     def _died_locked(self, channel: _Channel) -> None:
@@ -356,14 +333,14 @@ class PageProcesses:
         channel.close()
         self._alive -= 1
         if self._alive:
-            log.warning("a page-decoding process died; %d left", self._alive)
+            log.warning("a decode process died; %d left", self._alive)
         else:
-            log.warning("the last page-decoding process died; pages are decoded in the run's process")
+            log.warning("the last decode process died; pages are decoded in the run's process")
         if self._alive == 0:
-            self._free.put(None)  # wakes the threads waiting for a worker
+            self._free.put(None)  # wakes the threads waiting for a process
 
     def close(self) -> None:
-        """Stop the workers (they exit when their pipe closes); note their peak RSS."""
+        """Stop the processes (they exit when their pipe closes); note their peak RSS."""
         with self._lock:
             if self._closed:
                 return

@@ -1,7 +1,8 @@
-"""Pages turned into Arrow rows by the fetching workers (``iter_batches``), against the simulator."""
+"""Extraction (``klaviyo.extraction``): windows planned, handed over and decoded by the fetching workers."""
 
 from __future__ import annotations
 
+import threading
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 
@@ -9,28 +10,50 @@ import pyarrow as pa
 
 from omniload_assets.klaviyo.catalog import get_table
 from omniload_assets.klaviyo.client import ClientStats, KlaviyoClient
+from omniload_assets.klaviyo.decoders import LocalDecoder
 from omniload_assets.klaviyo.extraction import (
+    MIN_IN_FLIGHT,
     MIN_TASK_PAGES,
     START_IN_FLIGHT,
     TIER_WORKERS,
     Extraction,
+    InFlightLimit,
     Task,
+    extract,
     workers_for,
 )
 from omniload_assets.klaviyo.pages import PageBatch, RawPage
-from omniload_assets.klaviyo.rows import RowBuilder
 from omniload_assets.klaviyo.windows import TimeWindow
+from omniload_assets_tests.records import RecordsDecoder
+
+
+class CountingDecoder(LocalDecoder):
+    """Rows are each page's record count; ``on_rows`` and ``expect`` are recorded."""
+
+    def __init__(self, spec, offloaded: bool = False) -> None:  # noqa: ANN001
+        super().__init__(spec)
+        self.offloaded = offloaded  # type: ignore[misc]
+        self.told: list[int] = []
+        self.on_rows = lambda: None
+
+    def rows(self, batch: PageBatch) -> int:  # type: ignore[override]
+        self.on_rows()
+        return batch.size
+
+    def expect(self, records: int) -> None:
+        self.told.append(records)
+
 
 WINDOW = TimeWindow(datetime(2024, 1, 3, tzinfo=UTC), datetime(2024, 1, 8, tzinfo=UTC))
 
 
 def test_workers_build_arrow_batches_of_exactly_the_window(simulator) -> None:
     spec = get_table("events")
-    builder = RowBuilder(spec)
     stats = ClientStats()
+    tables: list[pa.Table] = []
     with KlaviyoClient(simulator.api_key, base_url=simulator.base_url) as client:
-        tables = list(
-            client.iter_batches(spec, WINDOW, builder.page_table, parallelism=6, page_size=25, stats=stats)
+        extract(
+            client, spec, WINDOW, LocalDecoder(spec), tables.append, parallelism=6, page_size=25, stats=stats
         )
     assert all(isinstance(t, pa.Table) for t in tables)
     ids = [i for t in tables for i in t.column("id").to_pylist()]
@@ -44,26 +67,16 @@ def test_requests_in_the_works_never_exceed_the_workers(simulator) -> None:
     """Requests in flight plus pages being converted stay within the parallelism, whatever the CPU."""
     spec = get_table("events")
     seen: list[int] = []
-    holder: dict[str, Extraction] = {}
-
-    def transform(batch: PageBatch) -> int:
-        extraction = holder["x"]
-        with extraction._lock:
-            seen.append(extraction._in_flight + extraction._processing)
-        return batch.size
-
+    decoder = CountingDecoder(spec)
     with KlaviyoClient(simulator.api_key, base_url=simulator.base_url) as client:
-        extraction = Extraction(
-            client,
-            spec,
-            WINDOW,
-            page_size=20,
-            parallelism=3,
-            stats=ClientStats(),
-            now=datetime.now(UTC),
-            transform=transform,
-        )
-        holder["x"] = extraction
+        extraction = Extraction(client, spec, WINDOW, decoder, page_size=20, parallelism=3)
+        limit = extraction._limit
+
+        def count() -> None:
+            with limit._slot_freed:
+                seen.append(limit.in_flight + limit.processing)
+
+        decoder.on_rows = count
         total = sum(extraction)
     assert total > 0
     assert total == len(simulator.ids("events", WINDOW.start, WINDOW.end))
@@ -95,20 +108,15 @@ def test_records_tied_on_the_key_across_pages_arrive_once(simulator) -> None:
     assert 0 < before_tie < 20, "the first page must end in ties"
     pages = []
     with KlaviyoClient(simulator.api_key, base_url=simulator.base_url) as client:
+        profiles = get_table("profiles")
         extraction = Extraction(
-            client,
-            get_table("profiles"),
-            window,
-            page_size=20,
-            parallelism=1,
-            stats=ClientStats(),
-            now=datetime.now(UTC),
+            client, profiles, window, RecordsDecoder(profiles), page_size=20, parallelism=1
         )
         extraction._wanted = lambda: 0 if not pages else 3  # type: ignore[method-assign]
         ids = []
-        for batch in extraction:
-            pages.append(batch)
-            ids += [r["id"] for r in batch.records()]
+        for records in extraction:
+            pages.append(records)
+            ids += [r["id"] for r in records]
     assert not [i for i, n in Counter(ids).items() if n > 1]
     assert set(ids) == simulator.ids("profiles", window.start, window.end)
 
@@ -125,14 +133,14 @@ def test_hand_overs_leave_pieces_of_several_full_pages_unless_the_rest_is_small(
     anyway is cut into pieces of one full page (there rounds of latency decide the time)."""
     start = datetime(2024, 1, 1, tzinfo=UTC)
     workers = 8
+    events = get_table("events")
     extraction = Extraction(
         None,  # type: ignore[arg-type]  # _step makes no request
-        get_table("events"),
+        events,
         TimeWindow(start, start + timedelta(days=1)),
+        LocalDecoder(events),
         page_size=20,
         parallelism=workers,
-        stats=ClientStats(),
-        now=datetime.now(UTC),
     )
     extraction._wanted = lambda: 40  # type: ignore[method-assign]
     task = extraction.tasks[0]
@@ -153,32 +161,55 @@ def test_hand_overs_leave_pieces_of_several_full_pages_unless_the_rest_is_small(
 
 def test_the_window_size_is_estimated_once_from_its_first_page(simulator) -> None:
     spec = get_table("events")
-    told: list[int] = []
+    decoder = CountingDecoder(spec)
     with KlaviyoClient(simulator.api_key, base_url=simulator.base_url) as client:
-        records = sum(
-            client.iter_batches(
-                spec, WINDOW, PageBatch.size.fget, expect=told.append, parallelism=4, page_size=20
-            )
-        )
+        records = sum(Extraction(client, spec, WINDOW, decoder, parallelism=4, page_size=20))
     assert records == len(simulator.ids("events", WINDOW.start, WINDOW.end)) > 100
-    assert len(told) == 1
-    assert records / 3 < told[0] < records * 3  # the simulator's events are spread over the days
+    assert len(decoder.told) == 1
+    assert records / 3 < decoder.told[0] < records * 3  # the simulator's events are spread over the days
 
 
-def test_requests_allowed_in_flight_at_the_start_are_the_callers_to_raise() -> None:
-    def allowed(start_in_flight: int | None, parallelism: int = 40) -> int:
+def test_requests_allowed_in_flight_at_the_start_follow_where_pages_are_decoded() -> None:
+    def allowed(offloaded: bool, parallelism: int = 40) -> int:
+        events = get_table("events")
         extraction = Extraction(
             None,  # type: ignore[arg-type]  # no request is made
-            get_table("events"),
+            events,
             WINDOW,
-            page_size=None,
+            CountingDecoder(events, offloaded=offloaded),
             parallelism=parallelism,
-            start_in_flight=start_in_flight,
-            stats=ClientStats(),
-            now=datetime.now(UTC),
         )
-        return extraction._window
+        return extraction._limit.allowance
 
-    assert allowed(None) == START_IN_FLIGHT < 40  # pages decoded here: grow with the CPU
-    assert allowed(40) == 40  # pages decoded elsewhere: every worker's request at once
-    assert allowed(40, parallelism=12) == 12  # never more than the workers
+    assert allowed(False) == START_IN_FLIGHT < 40  # pages decoded here: grow with the CPU
+    assert allowed(True) == 40  # pages decoded elsewhere: every worker's request at once
+    assert allowed(True, parallelism=12) == 12  # never more than the workers
+
+
+def test_the_in_flight_allowance_grows_when_the_cpu_keeps_up_and_shrinks_when_pages_queue() -> None:
+    limit = InFlightLimit(most=5, start=3)
+    never = threading.Event()
+    limit.acquire(never)
+    limit.release(received=True)
+    limit.settle()  # handed on with nothing else in the works: one more allowed
+    assert limit.allowance == 4
+    for _ in range(3):
+        limit.acquire(never)
+        limit.release(received=True)
+    limit.settle()  # two pages still wait for the CPU: one fewer allowed
+    assert limit.allowance == 3
+    limit.settle()
+    limit.settle()  # nothing in the works again
+    assert (limit.allowance, limit.in_flight, limit.processing) == (4, 0, 0)
+    shrinking = InFlightLimit(most=8, start=4)
+    for _ in range(4):
+        shrinking.acquire(never)
+        shrinking.release(received=True)
+    shrinking.settle()
+    shrinking.settle()  # pages kept queueing for the CPU: down to the floor
+    assert shrinking.allowance == MIN_IN_FLIGHT
+    grown = InFlightLimit(most=2, start=2)
+    grown.acquire(never)
+    grown.release(received=True)
+    grown.settle()
+    assert grown.allowance == 2  # never above the workers
