@@ -12,7 +12,9 @@ import duckdb
 import pytest
 
 from omniload_assets.klaviyo.catalog import TableSpec
+from omniload_assets.klaviyo.client import KlaviyoClient
 from omniload_assets.warehouse.reads import qualified_name
+from omniload_assets_tests.klaviyo_mocks import KEY as MOCK_KEY
 from omniload_assets_tests.simulator import KlaviyoSimulator
 
 SIM_START = datetime(2024, 1, 1, tzinfo=UTC)
@@ -97,3 +99,19 @@ def assert_tables_match_simulator(
         )
         assert expected, f"the simulator served no {spec.name}: the check proves nothing"
         assert set(ids) == expected, spec.name
+
+
+# -- the mocked client of the client and extraction unit tests --------------------------------
+
+
+@pytest.fixture
+def sleeps() -> list[float]:
+    return []
+
+
+@pytest.fixture
+def client(sleeps: list[float]) -> Iterator[KlaviyoClient]:
+    """A client of the mocked API (pytest-httpx): no pacing, sleeps recorded, 3 retries."""
+    c = KlaviyoClient(MOCK_KEY, pace=False, sleep=sleeps.append, max_retries=3, max_retry_after_s=60)
+    yield c
+    c.close()

@@ -81,7 +81,9 @@ def test_a_killed_decode_process_leaves_decoding_to_the_run_process(simulator, c
     processes = DecodeProcesses(spec, 1)
     try:
         processes.wait_started()
-        for pid in processes.pids:
+        for pid in [
+            p.pid for p in multiprocessing.active_children() if p.name.startswith("omniload-decode-")
+        ]:
             os.kill(pid, signal.SIGKILL)
         with caplog.at_level(logging.WARNING):
             page = processes.read(body)

@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import re
 import threading
 from collections import Counter
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 
+import httpx
 import pyarrow as pa
+import pytest
 
-from omniload_assets.klaviyo.catalog import get_table
+from omniload_assets.klaviyo.catalog import TABLES, get_table
 from omniload_assets.klaviyo.client import ClientStats, KlaviyoClient
 from omniload_assets.klaviyo.decoders import LocalDecoder
+from omniload_assets.klaviyo.errors import (
+    KlaviyoPermissionError,
+)
 from omniload_assets.klaviyo.extraction import (
     MIN_IN_FLIGHT,
     MIN_TASK_PAGES,
@@ -23,8 +29,27 @@ from omniload_assets.klaviyo.extraction import (
     workers_for,
 )
 from omniload_assets.klaviyo.pages import PageBatch, RawPage
-from omniload_assets.klaviyo.windows import TimeWindow
-from omniload_assets_tests.records import RecordsDecoder
+from omniload_assets.klaviyo.windows import TimeWindow, parse_datetime
+from omniload_assets_tests.klaviyo_mocks import (
+    D0,
+    D1,
+    D2,
+    DAY,
+    EVENTS,
+    EVENTS_DAY_FILTER,
+    NEXT_DAY,
+    US,
+    error_body,
+    ids,
+    page,
+    query,
+    resource,
+    single,
+)
+from omniload_assets_tests.records import RecordsDecoder, iter_records
+from omniload_assets_tests.simulator import KlaviyoSimulator
+
+WINDOW = TimeWindow(datetime(2024, 1, 3, tzinfo=UTC), datetime(2024, 1, 8, tzinfo=UTC))
 
 
 class CountingDecoder(LocalDecoder):
@@ -42,9 +67,6 @@ class CountingDecoder(LocalDecoder):
 
     def expect(self, records: int) -> None:
         self.told.append(records)
-
-
-WINDOW = TimeWindow(datetime(2024, 1, 3, tzinfo=UTC), datetime(2024, 1, 8, tzinfo=UTC))
 
 
 def test_workers_build_arrow_batches_of_exactly_the_window(simulator) -> None:
@@ -213,3 +235,373 @@ def test_the_in_flight_allowance_grows_when_the_cpu_keeps_up_and_shrinks_when_pa
     grown.release(received=True)
     grown.settle()
     assert grown.allowance == 2  # never above the workers
+
+
+# -- filters and page size -----------------------------------------------------------------------
+
+
+def test_events_window_filter_is_exact_and_url_encoded(httpx_mock, client):
+    httpx_mock.add_response(json=page([]))
+
+    list(iter_records(client, EVENTS, DAY))
+
+    request = httpx_mock.get_request()
+    assert single(request, "filter") == EVENTS_DAY_FILTER
+    raw = request.url.query.decode()
+    # '+' of the offset must travel as %2B, or the server reads a space.
+    assert "%2B00%3A00" in raw
+    assert "+" not in raw
+    assert single(request, "page[size]") == "1000"
+
+
+def test_events_window_in_another_timezone_is_sent_in_utc(httpx_mock, client):
+    httpx_mock.add_response(json=page([]))
+    plus2 = datetime(2024, 1, 5, 2, tzinfo=timezone(timedelta(hours=2)))
+    list(iter_records(client, EVENTS, TimeWindow(plus2, plus2 + timedelta(days=1))))
+    assert single(httpx_mock.get_request(), "filter") == EVENTS_DAY_FILTER
+
+
+def test_profiles_use_greater_than_start_minus_one_microsecond_and_less_than(httpx_mock, client):
+    httpx_mock.add_response(json=page([]))
+
+    list(iter_records(client, get_table("profiles"), DAY))
+
+    request = httpx_mock.get_request()
+    assert single(request, "filter") == (
+        "and(greater-than(updated,2024-01-04T23:59:59.999999+00:00),"
+        "less-than(updated,2024-01-06T00:00:00+00:00))"
+    )
+    assert single(request, "page[size]") == "100"
+    assert single(request, "additional-fields[profile]") == "subscriptions"
+
+
+@pytest.mark.parametrize("table", ["lists", "segments"])
+def test_greater_than_only_endpoints_bound_the_upper_end_client_side(httpx_mock, client, table):
+    records = [
+        resource(table, "before", D0 - US),
+        resource(table, "at-start", D0),
+        resource(table, "inside", D0 + timedelta(hours=5)),
+        resource(table, "last-us", D1 - US),
+        resource(table, "at-end", D1),
+        resource(table, "after", D1 + timedelta(hours=3)),
+    ]
+    httpx_mock.add_response(json=page(records))
+
+    got = ids(iter_records(client, get_table(table), DAY))
+
+    assert got == ["at-start", "inside", "last-us"]
+    request = httpx_mock.get_request()
+    assert single(request, "filter") == "greater-than(updated,2024-01-04T23:59:59.999999+00:00)"
+    assert single(request, "page[size]") == "10"
+
+
+@pytest.mark.parametrize("table", ["metrics", "catalog-variants", "catalog-categories", "catalog-items"])
+def test_unfilterable_endpoints_send_no_filter_and_window_client_side(httpx_mock, client, table):
+    spec = get_table(table)
+    records = [
+        resource(table, "old", D0 - timedelta(days=30)),
+        resource(table, "before", D0 - US),
+        resource(table, "at-start", D0),
+        resource(table, "inside", "2024-01-05 12:00:00Z"),  # space-separated, Z
+        resource(table, "at-end", D1),
+        resource(table, "future", D1 + timedelta(days=1)),
+    ]
+    httpx_mock.add_response(json=page(records))
+
+    got = ids(iter_records(client, spec, DAY))
+
+    assert got == ["at-start", "inside"]
+    request = httpx_mock.get_request()
+    assert "filter" not in query(request)
+    if table == "metrics":
+        assert "page[size]" not in query(request)
+    else:
+        assert single(request, "page[size]") == "100"
+
+
+def test_metrics_send_no_page_size_even_when_one_is_configured(httpx_mock, client):
+    httpx_mock.add_response(json=page([]))
+    list(iter_records(client, get_table("metrics"), DAY, page_size=50))
+    assert "page[size]" not in query(httpx_mock.get_request())
+
+
+@pytest.mark.parametrize(("table", "key"), [("campaigns", "updated_at"), ("flows", "updated")])
+def test_campaigns_and_flows_query_archived_and_unarchived(httpx_mock, client, table, key):
+    window = f"greater-or-equal({key},2024-01-05T00:00:00+00:00),less-than({key},2024-01-06T00:00:00+00:00)"
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        archived = "equals(archived,true)" in single(request, "filter")
+        rid = "archived-one" if archived else "live-one"
+        return httpx.Response(200, json=page([resource(table, rid, D0 + timedelta(hours=1))]))
+
+    httpx_mock.add_callback(answer, is_reusable=True)
+
+    got = ids(iter_records(client, get_table(table), DAY))
+
+    assert sorted(got) == ["archived-one", "live-one"]
+    filters = sorted(single(r, "filter") for r in httpx_mock.get_requests())
+    assert filters == [
+        f"and(equals(archived,false),{window})",
+        f"and(equals(archived,true),{window})",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("table", "page_size", "expected"),
+    [
+        ("events", None, "1000"),
+        ("events", 250, "250"),
+        ("events", 5000, "1000"),
+        ("flows", None, "50"),
+        ("flows", 100, "50"),
+        ("lists", None, "10"),
+        ("tags", None, "50"),
+        ("coupons", 1000, "100"),
+    ],
+)
+def test_page_size_defaults_to_and_is_capped_at_the_endpoint_maximum(
+    httpx_mock, client, table, page_size, expected
+):
+    httpx_mock.add_response(json=page([]), is_reusable=True)
+    spec = get_table(table)
+    list(iter_records(client, spec, DAY if spec.incremental_key else None, page_size=page_size))
+    for request in httpx_mock.get_requests():
+        assert single(request, "page[size]") == expected
+
+
+def test_replace_tables_send_no_filter(httpx_mock, client):
+    httpx_mock.add_response(json=page([{"type": "tag", "id": "t1", "attributes": {"name": "x"}}]))
+    assert ids(iter_records(client, get_table("tags"))) == ["t1"]
+    assert "filter" not in query(httpx_mock.get_request())
+
+
+# -- window boundaries ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("table", ["events", "profiles", "lists", "segments", "metrics", "catalog-items"])
+def test_records_on_a_boundary_land_in_exactly_one_of_two_adjacent_windows(httpx_mock, client, table):
+    # A lenient server that ignores the filter entirely: the client alone must place each record.
+    records = [
+        resource(table, "first-day-start", D0),
+        resource(table, "just-before", D1 - US),
+        resource(table, "on-boundary", D1),
+        resource(table, "on-boundary-offset", "2024-01-06T01:00:00+01:00"),
+        resource(table, "on-boundary-space-z", "2024-01-06 00:00:00Z"),
+        resource(table, "just-after", D1 + US),
+        resource(table, "second-day-end", D2),
+    ]
+    httpx_mock.add_response(json=page(records), is_reusable=True)
+    spec = get_table(table)
+
+    first = ids(iter_records(client, spec, DAY))
+    second = ids(iter_records(client, spec, NEXT_DAY))
+
+    assert first == ["first-day-start", "just-before"]
+    assert second == ["on-boundary", "on-boundary-offset", "on-boundary-space-z", "just-after"]
+    counts = Counter(first + second)
+    assert all(n == 1 for n in counts.values())
+    assert "second-day-end" not in counts
+
+
+# -- concurrency ---------------------------------------------------------------------------------
+
+FILTER_RE = re.compile(r"^and\(greater-or-equal\(datetime,([^,)]+)\),less-than\(datetime,([^,)]+)\)\)$")
+
+
+class FakeEventServer:
+    """Answers /api/events by parsing the filter and ``sort``; inclusive at both ends, as a sloppy
+    server might be. The cursor is an offset into the sorted matches."""
+
+    def __init__(self, events: list[dict]) -> None:
+        self.events = events
+        self.windows: list[tuple[datetime, datetime]] = []
+        self.threads: set[str] = set()
+        self._lock = threading.Lock()
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        with self._lock:
+            self.threads.add(threading.current_thread().name)
+        match = FILTER_RE.match(single(request, "filter") or "")
+        assert match, single(request, "filter")
+        assert single(request, "sort") == "datetime"
+        lo, hi = parse_datetime(match[1]), parse_datetime(match[2])
+        size = int(single(request, "page[size]"))
+        offset = int(single(request, "page[cursor]") or 0)
+        if offset == 0:
+            with self._lock:
+                self.windows.append((lo, hi))
+        matching = sorted(
+            (e for e in self.events if lo <= parse_datetime(e["attributes"]["datetime"]) <= hi),
+            key=lambda e: parse_datetime(e["attributes"]["datetime"]),
+        )
+        chunk = matching[offset : offset + size]
+        next_url = None
+        if offset + size < len(matching):
+            next_url = str(request.url.copy_set_param("page[cursor]", str(offset + size)))
+        return httpx.Response(200, json=page(chunk, next_url))
+
+
+def test_parallel_extraction_yields_every_record_exactly_once(httpx_mock, client):
+    start, end = D0, D0 + timedelta(days=3)
+    events = []
+    t = start
+    while t < end:  # every 15 minutes, three at a time: hand-overs happen on shared keys
+        for _ in range(3):
+            events.append(resource("events", f"e{len(events)}", t))
+        t += timedelta(minutes=15)
+    events.append(resource("events", "edge-last", end - US))
+    events.append(resource("events", "outside", end))
+    server = FakeEventServer(events)
+    httpx_mock.add_callback(server, is_reusable=True)
+    stats = ClientStats()
+
+    got = ids(iter_records(client, EVENTS, TimeWindow(start, end), page_size=7, parallelism=4, stats=stats))
+
+    expected = [e["id"] for e in events if e["id"] != "outside"]
+    assert Counter(got) == Counter(expected)
+    assert len(got) == len(expected) == 3 * 3 * 96 + 1
+    assert stats.records == len(expected)
+    assert len(server.threads) >= 2
+    # The first query covers the whole window; idle workers were then handed the rest in pieces.
+    assert server.windows[0] == (start, end)
+    assert len(server.windows) > 4
+    assert all(start <= lo < hi <= end for lo, hi in server.windows)
+
+
+def test_serial_extraction_pages_one_sorted_query(httpx_mock, client):
+    events = [resource("events", f"e{i}", D0 + timedelta(minutes=i)) for i in range(20)]
+    server = FakeEventServer(events)
+    httpx_mock.add_callback(server, is_reusable=True)
+
+    got = ids(iter_records(client, EVENTS, DAY, page_size=3, parallelism=1))
+
+    assert got == [f"e{i}" for i in range(20)]
+    assert server.windows == [(DAY.start, DAY.end)]
+
+
+def test_parallel_extraction_raises_a_worker_error(httpx_mock, client):
+    events = [resource("events", f"e{i}", D0 + timedelta(minutes=i)) for i in range(200)]
+    server = FakeEventServer(events)
+    calls = 0
+    lock = threading.Lock()
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        nonlocal calls
+        with lock:
+            calls += 1
+            n = calls
+        if n == 6:
+            return httpx.Response(403, json=error_body("no scope", 403))
+        return server(request)
+
+    httpx_mock.add_callback(answer, is_reusable=True)
+    with pytest.raises(KlaviyoPermissionError, match="events:read"):
+        list(iter_records(client, EVENTS, DAY, page_size=5, parallelism=4))
+    assert not [t for t in threading.enumerate() if t.name.startswith("klaviyo")]
+
+
+@pytest.mark.timeout(20)
+def test_abandoning_a_parallel_extraction_stops_its_workers(httpx_mock, client):
+    def endless(request: httpx.Request) -> httpx.Response:
+        offset = int(single(request, "page[cursor]") or 0)
+        nxt = str(request.url.copy_set_param("page[cursor]", str(offset + 1)))
+        return httpx.Response(
+            200, json=page([resource("events", f"x{offset}", D0 + timedelta(hours=1))], nxt)
+        )
+
+    httpx_mock.add_callback(endless, is_reusable=True)
+    batches = iter_records(client, EVENTS, DAY, parallelism=4)
+    assert len(next(batches)) <= 1
+    batches.close()  # returns only once every worker has been unblocked and has stopped
+    assert not [t for t in threading.enumerate() if t.name.startswith("klaviyo")]
+
+
+# -- every table against the simulator -----------------------------------------------------------
+
+
+def extract_ids(
+    sim: KlaviyoSimulator,
+    table: str,
+    window: TimeWindow | None,
+    *,
+    parallelism: int = 1,
+    page_size: int | None = None,
+    stats: ClientStats | None = None,
+) -> list[str]:
+    with KlaviyoClient(sim.api_key, base_url=sim.base_url) as client:
+        batches = iter_records(
+            client, get_table(table), window, parallelism=parallelism, page_size=page_size, stats=stats
+        )
+        return [r["id"] for batch in batches for r in batch]
+
+
+@pytest.mark.parametrize("table", [t.name for t in TABLES])
+@pytest.mark.parametrize("parallelism", [1, 4])
+def test_every_table_extracts_exactly_its_window(simulator, table, parallelism) -> None:
+    spec = get_table(table)
+    window = WINDOW if spec.partitioned else None
+    got = extract_ids(simulator, table, window, parallelism=parallelism)
+    expected = simulator.ids(table, WINDOW.start, WINDOW.end) if window else simulator.ids(table)
+    assert expected, f"the simulator has no {table} in {WINDOW}: the test proves nothing"
+    assert not [i for i, n in Counter(got).items() if n > 1]
+    assert set(got) == expected
+
+
+def test_dense_windows_are_split_among_workers_without_loss(simulator) -> None:
+    """Small pages make a dense window: idle workers take over the rest of busy workers' windows."""
+    stats = ClientStats()
+    got = extract_ids(simulator, "events", WINDOW, parallelism=6, page_size=20, stats=stats)
+    expected = simulator.ids("events", WINDOW.start, WINDOW.end)
+    assert len(got) == len(expected) == len(set(got))
+    assert set(got) == expected
+    # A single cursor would need exactly ceil(n / 20) pages; each hand-over adds a partial page.
+    assert stats.pages > -(-len(expected) // 20)
+    # Far more pages than one cursor could have served in the same number of requests: split happened.
+    assert stats.pages >= len(expected) // 20
+
+
+def test_campaigns_of_every_channel_and_archived_ones_arrive(simulator) -> None:
+    with KlaviyoClient(simulator.api_key, base_url=simulator.base_url) as client:
+        records = [r for b in iter_records(client, get_table("campaigns"), WINDOW) for r in b]
+    channels = simulator.campaign_channels()
+    got = {r["id"] for r in records}
+    assert {channels[i] for i in got} == {"email", "sms", "mobile_push"}
+    archived = {r["id"] for r in records if r["attributes"]["definition"]["archived"]}
+    assert archived, "archived campaigns are missing"
+    assert got == simulator.ids("campaigns", WINDOW.start, WINDOW.end)
+
+
+def test_profiles_carry_their_subscriptions(simulator) -> None:
+    with KlaviyoClient(simulator.api_key, base_url=simulator.base_url) as client:
+        records = [r for b in iter_records(client, get_table("profiles"), WINDOW) for r in b]
+    assert records
+    assert all("subscriptions" in r["attributes"] for r in records)
+
+
+@pytest.mark.parametrize("table", ["metrics", "catalog-items", "lists"])
+def test_adjacent_windows_partition_the_records(simulator, table) -> None:
+    """Client-side (and lower-bound-only) windowing: consecutive days neither overlap nor leave gaps."""
+    days = WINDOW.split(5)
+    per_day = [extract_ids(simulator, table, day) for day in days]
+    union = [i for ids in per_day for i in ids]
+    assert union, f"no {table} in {WINDOW}: the test proves nothing"
+    assert len(union) == len(set(union))
+    assert set(union) == simulator.ids(table, WINDOW.start, WINDOW.end)
+    for day, day_ids in zip(days, per_day, strict=True):
+        assert set(day_ids) == simulator.ids(table, day.start, day.end)
+
+
+def test_paced_extraction_sees_few_429s_under_real_limits() -> None:
+    """With Klaviyo's real limits enforced, pacing keeps a parallel run (nearly) free of 429s."""
+    start, end = datetime(2024, 1, 1, tzinfo=UTC), datetime(2024, 1, 3, tzinfo=UTC)
+    with KlaviyoSimulator(seed=5, start=start, end=end, rate_limits=True) as sim:
+        expected = sim.ids("flows", start, end)
+        assert expected
+        page_size = max(1, len(expected) // 5)  # about a dozen requests at flows' 3/s burst limit
+        stats = ClientStats()
+        got = extract_ids(
+            sim, "flows", TimeWindow(start, end), parallelism=8, page_size=page_size, stats=stats
+        )
+        assert set(got) == expected
+        assert stats.requests >= len(expected) / page_size  # no page holds more than page_size
+        assert sim.stats.throttled == stats.throttled <= 1

@@ -11,7 +11,7 @@ import pyarrow as pa
 import pytest
 
 from omniload_assets.klaviyo.catalog import TABLES, get_table
-from omniload_assets.klaviyo.rows import RowBuilder, column_name, incremental_value
+from omniload_assets.klaviyo.rows import RowBuilder, column_name, key_value
 
 EVENTS = get_table("events")
 
@@ -337,13 +337,11 @@ def test_column_name(attribute, column):
     assert column_name(attribute) == column
 
 
-def test_incremental_value_parses_or_gives_none():
-    assert incremental_value(EVENTS, DETAILED_EVENT) == datetime(2024, 1, 15, 10, 30, tzinfo=UTC)
-    assert incremental_value(EVENTS, event_with(datetime="garbage")) is None
-    assert incremental_value(EVENTS, event_with(datetime=None)) is None
-    assert incremental_value(EVENTS, event_with(datetime=1e20)) is None  # out of range, no crash
-    assert incremental_value(EVENTS, {"id": "x"}) is None
-    assert incremental_value(get_table("tags"), {"id": "t", "attributes": {"name": "x"}}) is None
+def test_an_incremental_key_parses_or_gives_none():
+    assert key_value(DETAILED_EVENT["attributes"]["datetime"]) == datetime(2024, 1, 15, 10, 30, tzinfo=UTC)
+    assert key_value("garbage") is None
+    assert key_value(None) is None
+    assert key_value(1e20) is None  # out of range, no crash
 
 
 # -- every shared sample (skipped where ../shared is not mounted) --------------------------------

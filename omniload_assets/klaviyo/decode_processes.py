@@ -265,11 +265,6 @@ class DecodeProcesses:
         self.peak_rss_mb = 0.0
 
     @property
-    def pids(self) -> list[int | None]:
-        """The decode processes' ids."""
-        return [process.pid for process in self._processes]
-
-    @property
     def ready(self) -> bool:
         """True once a process has started (until then pages are better decoded in-process) and
         while one lives."""

@@ -395,11 +395,3 @@ def key_value(value: Any) -> datetime | None:
         return parse_datetime(value)
     except (ValueError, OverflowError, OSError):
         return None
-
-
-def incremental_value(spec: TableSpec, resource: Mapping[str, Any]) -> datetime | None:
-    """The parsed incremental key of a resource object, or ``None``."""
-    if spec.incremental_key is None:
-        return None
-    attributes = resource.get("attributes") or {}
-    return key_value(attributes.get(spec.incremental_key))
