@@ -1,25 +1,35 @@
-"""One software-defined asset per catalogue table, built by one factory."""
+"""One software-defined asset per catalogue table, built by one factory.
+
+A child table's asset (``klaviyo/list_profiles``) depends on its parent's (``klaviyo/lists``): it
+reads the parent ids from the parent's DuckDB table (ids marked deleted left out) and fetches each
+one's children; the parent must have been materialized once.
+"""
 
 import json
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from functools import cache
 from importlib import resources
+from typing import Any
 
 import dagster as dg
 import pyarrow as pa
 
 from omniload_assets import progress, settings
 from omniload_assets.klaviyo import extraction
-from omniload_assets.klaviyo.catalog import TABLES, TableSpec
+from omniload_assets.klaviyo.catalog import TABLES, TableSpec, get_table
 from omniload_assets.klaviyo.client import ClientStats
 from omniload_assets.klaviyo.decoders import decoder_for
 from omniload_assets.klaviyo.resource import KlaviyoResource
 from omniload_assets.partitions import WindowConfig, daily_partitions, run_window
+from omniload_assets.warehouse.io_manager import KlaviyoDuckDBIOManager
+from omniload_assets.warehouse.reads import DELETED_AT, active_ids, table_exists
 from omniload_assets.warehouse.staging import ParquetStager, StagedTable
+from omniload_assets.warehouse.writer import DELETED_AT_DESCRIPTION
 
 IO_MANAGER_KEY = "klaviyo_duckdb"
+KLAVIYO_KEY = "klaviyo"
 KEY_PREFIX = "klaviyo"
 LOG_EVERY_PAGES = 50
 
@@ -37,46 +47,79 @@ def column_docs() -> dict[str, dict[str, str]]:
 
 
 def column_schema(spec: TableSpec) -> dg.TableSchema:
+    """The table's columns as the UI shows them: the catalogue's, and a merge table's deletion mark."""
     docs = column_docs().get(spec.name, {})
-    return dg.TableSchema(
-        columns=[
-            dg.TableColumn(
-                name,
-                duck_type,
-                description=docs.get(name),
-                constraints=dg.TableColumnConstraints(nullable=False, unique=True)
-                if name == spec.primary_key
-                else None,
-            )
-            for name, duck_type in spec.column_types().items()
-        ]
+    columns = [
+        dg.TableColumn(
+            name,
+            duck_type,
+            description=docs.get(name),
+            constraints=dg.TableColumnConstraints(nullable=False, unique=True)
+            if name == spec.primary_key
+            else None,
+        )
+        for name, duck_type in spec.column_types().items()
+    ]
+    if spec.strategy == "merge":
+        columns.append(dg.TableColumn(DELETED_AT, "TIMESTAMPTZ", description=DELETED_AT_DESCRIPTION))
+    return dg.TableSchema(columns=columns)
+
+
+class ParentNotLoadedError(RuntimeError):
+    """A child table's parent table is not in the warehouse yet."""
+
+
+def parent_ids(warehouse: KlaviyoDuckDBIOManager, parent: TableSpec) -> list[str]:
+    """The ids of ``parent``'s table in the warehouse, rows marked deleted left out; a one-line
+    :class:`ParentNotLoadedError` when the table is not there."""
+    reader = warehouse.reader()
+    table = reader.table_name(parent)
+    with reader.connect() as conn:
+        if conn is not None and table_exists(conn, reader.schema, table):
+            return active_ids(conn, reader.schema, table)
+    raise ParentNotLoadedError(
+        f"{reader.schema}.{table} is not in the warehouse yet: materialize "
+        f"{asset_key(parent).to_user_string()} first (its ids say whose children to load)"
     )
 
 
 def extract(
-    context: dg.AssetExecutionContext, spec: TableSpec, klaviyo: KlaviyoResource, config: WindowConfig
+    context: dg.AssetExecutionContext,
+    spec: TableSpec,
+    klaviyo: KlaviyoResource,
+    config: WindowConfig,
+    parents: Sequence[str] | None = None,
 ) -> StagedTable:
-    """Page through the table's window and stage its rows as Parquet: the client fetches,
-    extraction plans, the decoder makes rows, the stager writes them (see the README's Design)."""
+    """Page through the table's window (a child table: each of ``parents``) and stage its rows as
+    Parquet: the client fetches, extraction plans, the decoder makes rows, the stager writes them
+    (see the README's Design)."""
     window = run_window(context, config)
     stager = ParquetStager(spec, settings.env("OMNILOAD_STAGING_DIR"))
     decoder = decoder_for(spec, klaviyo.decode_processes)
     started = time.monotonic()
-    context.log.info(f"extracting {spec.name} {'(all)' if window is None else window}")
+    what = (
+        f"of {len(parents)} {spec.parent}" if parents is not None else "(all)" if window is None else window
+    )
+    context.log.info(f"extracting {spec.name} {what}")
     report = _Progress(context, spec, started)
     try:
         with klaviyo.get_client() as client:
-            extraction.extract(
+            run = extraction.Extraction(
                 client,
                 spec,
                 window,
                 decoder,
-                report.staging(stager),
                 page_size=klaviyo.page_size,
                 parallelism=klaviyo.extract_parallelism,
                 stats=report.stats,
+                parents=parents,
             )
+            sink = report.staging(stager)
+            for rows in run:
+                sink(rows)
         decoder.close()
+        if parents is not None:
+            _report_gone(context, spec, len(parents), run.gone)
         extract_s = time.monotonic() - started
         # started_at (epoch seconds) lets the IO manager report the whole duration, write included.
         timing = {"extract_s": extract_s, "started_at": time.time() - extract_s}
@@ -89,6 +132,16 @@ def extract(
         raise
     context.log.info(f"{spec.name}: staged {staged.rows} rows in {len(staged.files)} files")
     return staged
+
+
+def _report_gone(context: dg.AssetExecutionContext, spec: TableSpec, parents: int, gone: list[str]) -> None:
+    """Say how many parents Klaviyo no longer knew (deleted since their table was loaded)."""
+    context.add_output_metadata({"parents": parents, "parents_gone": len(gone)})
+    if gone:
+        context.log.info(
+            f"{spec.name}: {len(gone)} of {parents} {spec.parent} are no longer in Klaviyo (404), so "
+            f"have no {spec.name} (e.g. {gone[0]})"
+        )
 
 
 class _Progress:
@@ -121,33 +174,42 @@ class _Progress:
             )
 
 
-def build_asset(spec: TableSpec, partitions_def: dg.PartitionsDefinition | None) -> dg.AssetsDefinition:
-    """The asset of one table: partitioned daily on its incremental key, or replaced whole."""
-    partitioned = spec.partitioned
-
-    @dg.asset(
-        key=asset_key(spec),
-        group_name=KEY_PREFIX,
-        description=spec.description,
-        kinds={"klaviyo", "duckdb"},
-        owners=settings.asset_owners(),
-        tags={"klaviyo/strategy": spec.strategy, "klaviyo/rate_tier": spec.rate_limit.tier},
-        metadata={
-            "dagster/column_schema": column_schema(spec),
-            "dagster/table_name": f"{settings.duckdb_schema()}.{spec.asset_name}",
-            "klaviyo/endpoint": spec.path,
-            "klaviyo/scope": spec.scope,
-            "klaviyo/incremental_key": spec.incremental_key or "none (full replace)",
-            "klaviyo/window_filter": "server" if spec.server_side_window else "client",
-            "klaviyo/rate_limit": f"{spec.rate_limit.burst_per_s}/s, {spec.rate_limit.steady_per_min}/m",
-        },
-        partitions_def=partitions_def if partitioned else None,
-        backfill_policy=dg.BackfillPolicy.single_run(),
-        io_manager_key=IO_MANAGER_KEY,
+def asset_arguments(spec: TableSpec, partitions_def: dg.PartitionsDefinition | None) -> dict[str, Any]:
+    """What ``dg.asset`` is told of one table (a child's parent becomes a dependency)."""
+    metadata: dict[str, Any] = {
+        "dagster/column_schema": column_schema(spec),
+        "dagster/table_name": f"{settings.duckdb_schema()}.{spec.asset_name}",
+        "klaviyo/endpoint": spec.path,
+        "klaviyo/scope": ", ".join(spec.scopes),
+        "klaviyo/incremental_key": spec.incremental_key or "none (full replace)",
+        "klaviyo/window_filter": "server" if spec.server_side_window else "client",
+        "klaviyo/rate_limit": f"{spec.rate_limit.burst_per_s}/s, {spec.rate_limit.steady_per_min}/m",
+    }
+    if spec.parent is not None:
+        metadata["klaviyo/parent"] = asset_key(get_table(spec.parent)).to_user_string()
+    return {
+        "key": asset_key(spec),
+        "group_name": KEY_PREFIX,
+        "description": spec.description,
+        "kinds": {"klaviyo", "duckdb"},
+        "owners": settings.asset_owners(),
+        "tags": {"klaviyo/strategy": spec.strategy, "klaviyo/rate_tier": spec.rate_limit.tier},
+        "metadata": metadata,
+        "partitions_def": partitions_def if spec.partitioned else None,
+        "backfill_policy": dg.BackfillPolicy.single_run(),
+        "io_manager_key": IO_MANAGER_KEY,
         # One pool per Klaviyo endpoint: with a pool limit of 1 (README, Automation), runs never
         # extract the same endpoint at once, so each run's pacing holds the account's rate limit.
-        pool=f"{KEY_PREFIX}_{spec.asset_name}",
-    )
+        "pool": f"{KEY_PREFIX}_{spec.asset_name}",
+    }
+
+
+def build_asset(spec: TableSpec, partitions_def: dg.PartitionsDefinition | None) -> dg.AssetsDefinition:
+    """The asset of one table: partitioned daily on its incremental key, or replaced whole."""
+    if spec.parent is not None:
+        return build_child_asset(spec)
+
+    @dg.asset(**asset_arguments(spec, partitions_def))
     def _asset(
         context: dg.AssetExecutionContext, klaviyo: KlaviyoResource, config: WindowConfig
     ) -> StagedTable:
@@ -156,8 +218,26 @@ def build_asset(spec: TableSpec, partitions_def: dg.PartitionsDefinition | None)
     return _asset
 
 
+def build_child_asset(spec: TableSpec) -> dg.AssetsDefinition:
+    """The asset of a child table: after its parent's, replaced whole with the children of the
+    parent ids the warehouse holds."""
+    parent = get_table(spec.parent or "")
+
+    @dg.asset(
+        **asset_arguments(spec, None),
+        deps=[asset_key(parent)],
+        required_resource_keys={KLAVIYO_KEY, IO_MANAGER_KEY},
+    )
+    def _asset(context: dg.AssetExecutionContext, config: WindowConfig) -> StagedTable:
+        warehouse: KlaviyoDuckDBIOManager = getattr(context.resources, IO_MANAGER_KEY)
+        klaviyo: KlaviyoResource = getattr(context.resources, KLAVIYO_KEY)
+        return extract(context, spec, klaviyo, config, parent_ids(warehouse, parent))
+
+    return _asset
+
+
 def build_assets() -> list[dg.AssetsDefinition]:
-    """The 15 assets, with daily partitions from ``OMNILOAD_START_DATE``."""
+    """One asset per catalogue table, with daily partitions from ``OMNILOAD_START_DATE``."""
     partitions_def = daily_partitions()
     with warnings.catch_warnings():
         # BackfillPolicy is marked beta; single-run backfills are what these tables need.

@@ -7,6 +7,8 @@
   the assets' single-run backfill policy turns into one extraction), so late-arriving or
   eventually-consistent records are caught; merges make the repetition idempotent.
 * ``klaviyo_replace_schedule`` (daily by default, ``OMNILOAD_REPLACE_CRON``): the replace tables.
+* ``klaviyo_deletion_sweep_schedule`` (daily by default, ``OMNILOAD_SWEEP_CRON``): the deletion
+  sweep (:mod:`omniload_assets.deletions`), one run at a time.
 * The change sensor lives in :mod:`omniload_assets.sensors`.
 
 Everything ships STOPPED; ``OMNILOAD_AUTOMATION`` (``all`` or a list of names) starts them RUNNING.
@@ -22,9 +24,10 @@ import dagster as dg
 
 from omniload_assets import settings
 from omniload_assets.assets import asset_key
+from omniload_assets.deletions import build_sweep_job
 from omniload_assets.klaviyo.catalog import TABLES, TableSpec
 from omniload_assets.runner import RANGE_END_TAG, RANGE_START_TAG, partition_range_tags
-from omniload_assets.settings import INCREMENTAL_SCHEDULE, REPLACE_SCHEDULE
+from omniload_assets.settings import DELETION_SWEEP_SCHEDULE, INCREMENTAL_SCHEDULE, REPLACE_SCHEDULE
 
 INCREMENTAL_JOB = "klaviyo_incremental_job"
 REPLACE_JOB = "klaviyo_replace_job"
@@ -68,23 +71,25 @@ def incremental_tables() -> list[TableSpec]:
 
 
 def replace_tables() -> list[TableSpec]:
-    """The tables replaced whole on every run."""
+    """The tables replaced whole on every run: tags, coupons and the child tables (members, messages)."""
     return [t for t in TABLES if not t.partitioned]
 
 
 @dataclass(frozen=True)
 class KlaviyoJobs:
-    """The two asset jobs the schedules and the sensor target."""
+    """The two asset jobs and the deletion sweep the schedules and the sensor target."""
 
     incremental: AssetJob
     replace: AssetJob
+    sweep: AssetJob
 
     def all(self) -> list[AssetJob]:
-        return [self.incremental, self.replace]
+        return [self.incremental, self.replace, self.sweep]
 
 
 def build_jobs() -> KlaviyoJobs:
-    """One job for the partitioned tables, one for the replace tables (checks included)."""
+    """One job for the partitioned tables, one for the replace tables (checks included), and the
+    deletion sweep."""
     return KlaviyoJobs(
         incremental=dg.define_asset_job(
             INCREMENTAL_JOB,
@@ -96,6 +101,7 @@ def build_jobs() -> KlaviyoJobs:
             selection=dg.AssetSelection.assets(*(asset_key(t) for t in replace_tables())),
             description="The Klaviyo tables replaced whole on every run, with their checks.",
         ),
+        sweep=build_sweep_job(),
     )
 
 
@@ -243,6 +249,40 @@ def build_replace_schedule(
     return _schedule
 
 
+def build_sweep_schedule(
+    job: AssetJob, *, cron: str | None = None, clock: Clock = utc_now
+) -> dg.ScheduleDefinition:
+    """The deletion sweep, daily by default; a tick while a sweep is in flight is skipped."""
+    cron = settings.parse_cron("OMNILOAD_SWEEP_CRON", cron) if cron else settings.sweep_cron()
+    tables = settings.sweep_tables()
+
+    @dg.schedule(
+        name=DELETION_SWEEP_SCHEDULE,
+        cron_schedule=cron,
+        job_name=job.name,
+        execution_timezone="UTC",
+        default_status=schedule_status(DELETION_SWEEP_SCHEDULE),
+        description=f"Marks the rows of {', '.join(tables)} that Klaviyo no longer lists ({cron}, UTC).",
+    )
+    def _schedule(context: dg.ScheduleEvaluationContext) -> dg.RunRequest | dg.SkipReason:
+        now = context.scheduled_execution_time or clock()
+        in_flight = context.instance.get_runs(
+            filters=dg.RunsFilter(job_name=job.name, statuses=list(IN_PROGRESS_STATUSES)), limit=1
+        )
+        if in_flight:
+            return dg.SkipReason(f"the deletion sweep {in_flight[0].run_id} is still in flight")
+        return dg.RunRequest(
+            run_key=f"{DELETION_SWEEP_SCHEDULE}@{now.astimezone(UTC).isoformat()}",
+            tags={TRIGGER_TAG: DELETION_SWEEP_SCHEDULE},
+        )
+
+    return _schedule
+
+
 def build_schedules(jobs: KlaviyoJobs) -> Sequence[dg.ScheduleDefinition]:
-    """Both schedules, configured from the environment."""
-    return [build_incremental_schedule(jobs.incremental), build_replace_schedule(jobs.replace)]
+    """The three schedules, configured from the environment."""
+    return [
+        build_incremental_schedule(jobs.incremental),
+        build_replace_schedule(jobs.replace),
+        build_sweep_schedule(jobs.sweep),
+    ]

@@ -2,7 +2,7 @@
 
 Nothing here extracts or writes data: the command checks its flags, points the code location's
 resources at the given source and destination, and materializes the assets of one table, several or
-all 15 over the partition range of ``[--interval-start, --interval-end)`` with
+all of them over the partition range of ``[--interval-start, --interval-end)`` with
 ``runner.materialize_tables``.
 Dagster is imported only once the flags are valid, so ``--help`` and usage errors are instant.
 """
@@ -45,7 +45,7 @@ MIN_PARALLELISM, MAX_PARALLELISM = 1, 64  # KlaviyoResource.extract_parallelism'
 TABLE_NAMES = ", ".join(t.name for t in TABLES)
 
 EXAMPLE = """\
-examples (the first is the seed's command; the second loads all 15 tables into klaviyo.<table>):
+examples (the first is the seed's command; the second loads all {count} tables into klaviyo.<table>):
   omniload ingest --source-table 'events' --source-uri 'klaviyo://?api_key=pk_test' \\
     --dest-uri duckdb:///klaviyo.duckdb --interval-start 2022-01-01 \\
     --dest-table 'dest.events' --extract-parallelism 20
@@ -56,7 +56,10 @@ tables: {tables} (or all; several: events,profiles)
 
 The interval is widened to whole UTC days (the assets' daily partitions): 2024-01-05T12:00 to
 2024-01-06T01:00 loads the days 2024-01-05 and 2024-01-06. Merge tables upsert by id, so loading a
-day twice changes nothing; tags and coupons are replaced whole and ignore the interval.
+day twice changes nothing; tags, coupons and the child tables are replaced whole and ignore the
+interval. A child table loads the children of the parent ids already in the warehouse (list_profiles:
+the members of the lists in klaviyo.lists): load its parent before it, or in the same command.
+child tables: {children}
 Several tables go in one run (two with $DAGSTER_HOME: the partitioned ones, then the rest), each
 into its own name in the schema; --dest-table names the destination of a single table only.
 Runs use an ephemeral Dagster instance, or the instance in $DAGSTER_HOME when that is set.
@@ -644,10 +647,14 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=OneLineParser)
     cmd = commands.add_parser(
         "ingest",
-        help="load Klaviyo tables (one, several or all 15) into DuckDB tables",
+        help=f"load Klaviyo tables (one, several or all {len(TABLES)}) into DuckDB tables",
         description="Load Klaviyo tables into DuckDB tables: materializes the tables' Dagster assets "
         "in this process over the daily partitions of [--interval-start, --interval-end).",
-        epilog=EXAMPLE.format(tables=TABLE_NAMES),
+        epilog=EXAMPLE.format(
+            tables=TABLE_NAMES,
+            count=len(TABLES),
+            children=", ".join(t.asset_name for t in TABLES if t.parent is not None),
+        ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_source_flags(cmd)
@@ -672,7 +679,7 @@ def add_source_flags(cmd: argparse.ArgumentParser) -> None:
         "--source-table",
         required=True,
         metavar="TABLE",
-        help="the Klaviyo table(s): one of the 15 listed below (catalog_items works as well as "
+        help=f"the Klaviyo table(s): one of the {len(TABLES)} listed below (catalog_items works as well as "
         "catalog-items), several separated by commas (events,profiles: loaded together, duplicates "
         "ignored), or all",
     )

@@ -1,4 +1,4 @@
-"""The code location's table of contents: assets, resources, checks and automation."""
+"""The code location's table of contents: assets, resources, checks, automation and the deletion sweep."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from omniload_assets import settings
 from omniload_assets.assets import IO_MANAGER_KEY, build_assets
 from omniload_assets.automation import build_jobs, build_schedules
 from omniload_assets.checks import build_checks
+from omniload_assets.deletions import SWEEP_RESOURCE, DeletionSweepResource
 from omniload_assets.klaviyo.client import DEFAULT_BASE_URL
 from omniload_assets.klaviyo.resource import KlaviyoResource
 from omniload_assets.sensors import build_sensors
@@ -26,6 +27,9 @@ def build_resources() -> dict[str, dg.ConfigurableResource | dg.ConfigurableIOMa
             schema=settings.duckdb_schema(),
             lock_timeout_s=settings.lock_timeout_s(),
             memory_limit=settings.duckdb_memory_limit(),
+        ),
+        SWEEP_RESOURCE: DeletionSweepResource(
+            hard_delete=settings.hard_delete(), allow_empty=settings.sweep_allow_empty()
         ),
     }
 

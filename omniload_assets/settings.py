@@ -33,6 +33,19 @@ ENV_VARS: dict[str, tuple[str | None, str]] = {
         "how a run's steps execute: in_process (one process, tables one after another) or multiprocess",
     ),
     "OMNILOAD_ASSET_OWNERS": (None, "owners of the 15 assets, comma-separated: team:data,me@example.com"),
+    "OMNILOAD_SWEEP_TABLES": (
+        None,
+        "tables the deletion sweep lists: names (a,b) or all; unset: every merge table but events",
+    ),
+    "OMNILOAD_SWEEP_CRON": ("0 4 * * *", "cron (UTC) of the deletion sweep's schedule: daily"),
+    "OMNILOAD_HARD_DELETE": (
+        "0",
+        "1: the deletion sweep deletes rows gone from Klaviyo (0: sets _deleted_at)",
+    ),
+    "OMNILOAD_SWEEP_ALLOW_EMPTY": (
+        "0",
+        "1: a sweep may mark every row of a table Klaviyo lists empty (0: refused as suspicious)",
+    ),
 }
 
 
@@ -49,6 +62,9 @@ MAX_MEMORY_LIMIT_BYTES = 10**15
 #: ``OMNILOAD_AUTOMATION`` values that switch nothing on, and those that switch everything on.
 AUTOMATION_OFF = frozenset({"", "off", "none", "false", "0", "no"})
 AUTOMATION_ALL = frozenset({"all", "on", "true", "1", "yes"})
+#: Spellings of a yes/no setting (``OMNILOAD_HARD_DELETE``, ``OMNILOAD_SWEEP_ALLOW_EMPTY``).
+FLAG_ON = frozenset({"1", "true", "yes", "on"})
+FLAG_OFF = frozenset({"", "0", "false", "no", "off"})
 #: Bounds of the whole-number settings: beyond them dates and timedeltas overflow.
 MAX_LOOKBACK_DAYS = 36_500
 MIN_SENSOR_INTERVAL_S, MAX_SENSOR_INTERVAL_S = 30, 7 * 86_400
@@ -233,6 +249,8 @@ def parse_whole_number(name: str, raw: str, minimum: int, maximum: int, unit: st
 INCREMENTAL_SCHEDULE = "klaviyo_incremental_schedule"
 REPLACE_SCHEDULE = "klaviyo_replace_schedule"
 CHANGE_SENSOR = "klaviyo_change_sensor"
+DELETION_SWEEP_SCHEDULE = "klaviyo_deletion_sweep_schedule"
+AUTOMATION = (INCREMENTAL_SCHEDULE, REPLACE_SCHEDULE, CHANGE_SENSOR, DELETION_SWEEP_SCHEDULE)
 
 
 def automation_names() -> frozenset[str]:
@@ -248,7 +266,7 @@ def parse_automation(raw: str) -> frozenset[str]:
         return frozenset()
     if text in AUTOMATION_ALL:
         return frozenset({"*"})
-    valid = (INCREMENTAL_SCHEDULE, REPLACE_SCHEDULE, CHANGE_SENSOR)
+    valid = AUTOMATION
     names = frozenset(n.strip() for n in text.split(",") if n.strip())
     unknown = sorted(names - set(valid)) or ([] if names else [text])
     if unknown:
@@ -265,6 +283,10 @@ def schedule_cron() -> str:
 
 def replace_cron() -> str:
     return parse_cron("OMNILOAD_REPLACE_CRON", env_str("OMNILOAD_REPLACE_CRON"))
+
+
+def sweep_cron() -> str:
+    return parse_cron("OMNILOAD_SWEEP_CRON", env_str("OMNILOAD_SWEEP_CRON"))
 
 
 def parse_cron(name: str, raw: str) -> str:
@@ -375,6 +397,66 @@ def parse_owners(raw: str) -> list[str]:
     return owners
 
 
+def sweep_tables() -> list[str]:
+    """``OMNILOAD_SWEEP_TABLES``: the catalogue names of the tables the deletion sweep lists."""
+    return parse_sweep_tables(env("OMNILOAD_SWEEP_TABLES"))
+
+
+def parse_sweep_tables(raw: str | None) -> list[str]:
+    """``all``, or merge tables by name (``flows,catalog_items``), in catalogue order; unset or empty:
+    every merge table but events (a sweep of events lists the whole account's events). Else
+    :class:`SettingsError` naming the tables it takes."""
+    from omniload_assets.klaviyo.catalog import TABLES
+    from omniload_assets.klaviyo.sweep import sweepable
+
+    merge = [t.name for t in TABLES if sweepable(t)]
+    text = (raw or "").strip().lower()
+    if not text:
+        return [name for name in merge if name != "events"]
+    if text == "all":
+        return merge
+    wanted = {part.strip().replace("_", "-") for part in text.split(",") if part.strip()}
+    replaced = sorted(t.name for t in TABLES if t.name in wanted and not sweepable(t))
+    if replaced:
+        raise SettingsError(
+            f"OMNILOAD_SWEEP_TABLES={_shown(raw or '')}: {replaced[0]} is replaced whole on every run, so "
+            f"it has no deleted rows to find; use all or names from: {', '.join(merge)}"
+        )
+    unknown = sorted(wanted - set(merge)) or ([] if wanted else [text])
+    if unknown:
+        raise SettingsError(
+            f"OMNILOAD_SWEEP_TABLES={_shown(raw or '')}: {unknown[0]!r} is not a table; use all or names "
+            f"separated by commas from: {', '.join(merge)}"
+        )
+    return [name for name in merge if name in wanted]
+
+
+def flag(name: str) -> bool:
+    """A yes/no variable (``OMNILOAD_HARD_DELETE``, ``OMNILOAD_SWEEP_ALLOW_EMPTY``)."""
+    return parse_flag(name, env_str(name))
+
+
+def parse_flag(name: str, raw: str) -> bool:
+    """``1``/``true``/``yes``/``on`` or ``0``/``false``/``no``/``off`` (any case); else
+    :class:`SettingsError` naming ``name``."""
+    text = raw.strip().lower()
+    if text in FLAG_ON:
+        return True
+    if text in FLAG_OFF:
+        return False
+    raise SettingsError(f"{name}={_shown(raw)} is not 1 or 0 (also true/false, yes/no, on/off)")
+
+
+def hard_delete() -> bool:
+    """``OMNILOAD_HARD_DELETE``: the deletion sweep deletes gone rows instead of marking them."""
+    return flag("OMNILOAD_HARD_DELETE")
+
+
+def sweep_allow_empty() -> bool:
+    """``OMNILOAD_SWEEP_ALLOW_EMPTY``: an empty listing of a table holding rows may mark them all."""
+    return flag("OMNILOAD_SWEEP_ALLOW_EMPTY")
+
+
 def _shown(raw: str, limit: int = 80) -> str:
     """``raw`` quoted for a one-line message, cut short when long."""
     return repr(raw if len(raw) <= limit else raw[: limit - 3] + "...")
@@ -401,6 +483,10 @@ VALIDATORS: dict[str, Callable[[], object]] = {
     "OMNILOAD_FRESHNESS_HOURS": lambda: parse_freshness(env_str("OMNILOAD_FRESHNESS_HOURS")),
     "OMNILOAD_EXECUTOR": executor_name,
     "OMNILOAD_ASSET_OWNERS": asset_owners,
+    "OMNILOAD_SWEEP_TABLES": sweep_tables,
+    "OMNILOAD_SWEEP_CRON": sweep_cron,
+    "OMNILOAD_HARD_DELETE": hard_delete,
+    "OMNILOAD_SWEEP_ALLOW_EMPTY": sweep_allow_empty,
 }
 
 

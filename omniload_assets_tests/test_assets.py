@@ -59,6 +59,28 @@ def test_definitions_hold_one_asset_per_table(defs: dg.Definitions) -> None:
     }
 
 
+def test_a_child_asset_depends_on_its_parent_and_is_replaced_whole(defs: dg.Definitions) -> None:
+    """The lineage graph shows klaviyo/lists -> klaviyo/list_profiles, flow_actions -> flow_messages."""
+    for spec in TABLES:
+        key = asset_key(spec)
+        asset = defs.get_assets_def(key)
+        deps = {dep.asset_key for dep in asset.specs_by_key[key].deps}
+        assert deps == ({asset_key(get_table(spec.parent))} if spec.parent else set()), spec.name
+        if spec.parent:
+            assert asset.partitions_def is None, spec.name
+    key = asset_key(get_table("flow-messages"))
+    assert {d.asset_key.to_user_string() for d in defs.get_assets_def(key).specs_by_key[key].deps} == {
+        "klaviyo/flow_actions"
+    }
+    key = asset_key(get_table("list-profiles"))
+    metadata = defs.get_assets_def(key).specs_by_key[key].metadata
+    assert metadata["klaviyo/parent"] == "klaviyo/lists"
+    assert metadata["klaviyo/endpoint"] == "/api/lists/{id}/profiles"
+    assert metadata["klaviyo/scope"] == "lists:read, profiles:read"
+    columns = [c.name for c in metadata["dagster/column_schema"].columns]
+    assert columns == ["id", "list_id", "profile_id", "joined_group_at"]
+
+
 def test_all_tables_land_complete_without_duplicates(defs, simulator, db_path, instance) -> None:
     outcomes = materialize_tables(defs, TABLES, first_day=FIRST_DAY, last_day=LAST_DAY, instance=instance)
     assert all(o.success for o in outcomes)

@@ -17,15 +17,23 @@ from omniload_assets.automation import (
     TRIGGER_TAG,
     build_incremental_schedule,
     build_replace_schedule,
+    build_sweep_schedule,
     replace_tables,
     runs_in_flight,
 )
+from omniload_assets.deletions import SWEEP_JOB
 from omniload_assets.klaviyo.catalog import TABLES, get_table
 from omniload_assets.runner import RANGE_END_TAG, RANGE_START_TAG
 from omniload_assets.sensors import dump_marks, load_marks
-from omniload_assets.settings import CHANGE_SENSOR, INCREMENTAL_SCHEDULE, REPLACE_SCHEDULE, SettingsError
+from omniload_assets.settings import (
+    CHANGE_SENSOR,
+    DELETION_SWEEP_SCHEDULE,
+    INCREMENTAL_SCHEDULE,
+    REPLACE_SCHEDULE,
+    SettingsError,
+)
 from omniload_assets.warehouse.reads import WarehouseReader
-from omniload_assets_tests.conftest import SIM_END, table_ids
+from omniload_assets_tests.conftest import SIM_END, assert_tables_match_simulator, table_ids
 from omniload_assets_tests.simulator import KlaviyoSimulator
 
 #: A mix of every way the sensor asks: sort+filter (GE, GT-only, GT/LT), filter variants, full listing.
@@ -104,12 +112,15 @@ def test_definitions_hold_jobs_schedules_and_a_stopped_sensor(defs: dg.Definitio
     incremental = defs.resolve_job_def(INCREMENTAL_JOB)
     replace = defs.resolve_job_def(REPLACE_JOB)
     assert incremental.asset_layer.executable_asset_keys == {asset_key(t) for t in TABLES if t.partitioned}
-    assert replace.asset_layer.executable_asset_keys == {asset_key(get_table(n)) for n in ("tags", "coupons")}
+    # Tags and coupons, and the child tables (members, messages), which are replaced whole too.
+    assert replace.asset_layer.executable_asset_keys == {asset_key(t) for t in TABLES if not t.partitioned}
     schedules = {s.name: s for s in defs.schedules or []}
-    assert set(schedules) == {INCREMENTAL_SCHEDULE, REPLACE_SCHEDULE}
+    assert set(schedules) == {INCREMENTAL_SCHEDULE, REPLACE_SCHEDULE, DELETION_SWEEP_SCHEDULE}
     assert schedules[INCREMENTAL_SCHEDULE].cron_schedule == "0 * * * *"
     assert schedules[REPLACE_SCHEDULE].cron_schedule == "0 3 * * *"
+    assert schedules[DELETION_SWEEP_SCHEDULE].cron_schedule == "0 4 * * *"
     assert schedules[INCREMENTAL_SCHEDULE].job_name == INCREMENTAL_JOB
+    assert schedules[DELETION_SWEEP_SCHEDULE].job_name == SWEEP_JOB
     sensor = defs.resolve_sensor_def(CHANGE_SENSOR)
     assert sensor.minimum_interval_seconds == 300
     assert all(s.default_status == dg.DefaultScheduleStatus.STOPPED for s in schedules.values())
@@ -118,6 +129,11 @@ def test_definitions_hold_jobs_schedules_and_a_stopped_sensor(defs: dg.Definitio
     for spec in TABLES:
         node = defs.get_assets_def(asset_key(spec)).op
         assert node.pool == f"klaviyo_{spec.asset_name}"
+    # The sweep's op of a table shares that pool: the sweep never shares an endpoint's rate limit.
+    sweep = defs.resolve_job_def(SWEEP_JOB)
+    swept = {t.asset_name for t in TABLES if t.strategy == "merge" and t.name != "events"}
+    assert {n.name for n in sweep.nodes} == {f"sweep_{name}" for name in swept}
+    assert all(n.definition.pool == f"klaviyo_{n.name.removeprefix('sweep_')}" for n in sweep.nodes)
 
 
 def test_the_automation_setting_switches_them_on(sim_env, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -141,7 +157,11 @@ def test_the_automation_setting_switches_them_on(sim_env, monkeypatch: pytest.Mo
     # What `dagster definitions validate` checks: the code location loads, targets resolve.
     dg.Definitions.validate_loadable(defs)
     repository = defs.get_repository_def()
-    assert {s.name for s in repository.schedule_defs} == {INCREMENTAL_SCHEDULE, REPLACE_SCHEDULE}
+    assert {s.name for s in repository.schedule_defs} == {
+        INCREMENTAL_SCHEDULE,
+        REPLACE_SCHEDULE,
+        DELETION_SWEEP_SCHEDULE,
+    }
     assert {s.name for s in repository.sensor_defs} == {CHANGE_SENSOR}
 
     monkeypatch.setenv("OMNILOAD_SCHEDULE_CRON", "every hour")
@@ -248,6 +268,30 @@ def test_a_schedule_refuses_what_is_no_cron(sim_env) -> None:
     with pytest.raises(SettingsError, match="OMNILOAD_REPLACE_CRON"):
         build_replace_schedule(job, cron="61 * * * *")
     assert build_replace_schedule(job, cron="@daily").cron_schedule == "@daily"
+    with pytest.raises(SettingsError, match="OMNILOAD_SWEEP_CRON"):
+        build_sweep_schedule(job, cron="daily")
+
+
+def test_the_sweep_schedule_runs_one_sweep_at_a_time(sim_env, persistent_instance, monkeypatch) -> None:
+    from omniload_assets.definitions import build_definitions
+
+    monkeypatch.setenv("OMNILOAD_SWEEP_CRON", "30 2 * * *")
+    monkeypatch.setenv("OMNILOAD_AUTOMATION", DELETION_SWEEP_SCHEDULE)
+    defs = build_definitions()
+    schedule = next(s for s in defs.schedules or [] if s.name == DELETION_SWEEP_SCHEDULE)
+    assert schedule.cron_schedule == "30 2 * * *"
+    assert schedule.default_status == dg.DefaultScheduleStatus.RUNNING
+    at = datetime(2024, 1, 10, 2, 30, tzinfo=UTC)
+    (request,) = evaluate_schedule(defs, persistent_instance, DELETION_SWEEP_SCHEDULE, at)
+    assert request.tags[TRIGGER_TAG] == DELETION_SWEEP_SCHEDULE
+    # A sweep still in flight holds the next one back; a run of another job does not.
+    add_run_in_flight(persistent_instance, "profiles", {})
+    assert len(evaluate_schedule(defs, persistent_instance, DELETION_SWEEP_SCHEDULE, at)) == 1
+    sweep = dg.DagsterRun(job_name=SWEEP_JOB, status=dg.DagsterRunStatus.STARTED)
+    persistent_instance.add_run(sweep)
+    assert evaluate_schedule(defs, persistent_instance, DELETION_SWEEP_SCHEDULE, at) == []
+    persistent_instance.report_run_canceled(sweep)
+    assert len(evaluate_schedule(defs, persistent_instance, DELETION_SWEEP_SCHEDULE, at)) == 1
 
 
 def test_replace_schedule_refreshes_the_replace_tables(
@@ -257,11 +301,15 @@ def test_replace_schedule_refreshes_the_replace_tables(
         defs, persistent_instance, REPLACE_SCHEDULE, datetime(2024, 1, 10, 3, tzinfo=UTC)
     )
     assert request.partition_key is None and RANGE_START_TAG not in request.tags
+    # The child tables read their parents' ids from DuckDB: the incremental job loads those first.
+    parents = defs.resolve_job_def(INCREMENTAL_JOB).execute_in_process(
+        instance=instance, tags={RANGE_START_TAG: "2024-01-01", RANGE_END_TAG: SIM_END.date().isoformat()}
+    )
+    assert parents.success
     job = defs.resolve_job_def(REPLACE_JOB)
     result = job.execute_in_process(instance=instance, tags=request.tags)
     assert result.success
-    for spec in replace_tables():
-        assert set(table_ids(db_path, spec.asset_name)) == simulator.ids(spec.name)
+    assert_tables_match_simulator(db_path, simulator, replace_tables())
     # The job runs every table's checks right after it is written.
     checked = {(e.asset_key.path[-1], e.check_name) for e in result.get_asset_check_evaluations()}
     assert checked == {

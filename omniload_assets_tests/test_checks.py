@@ -1,4 +1,4 @@
-"""Asset checks on real DuckDB tables: primary key unique and not null, freshness."""
+"""Asset checks on real DuckDB tables: primary key unique and not null, freshness, deleted rows."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 
 from omniload_assets import settings
 from omniload_assets.assets import asset_key
-from omniload_assets.checks import FRESHNESS, NOT_NULL, UNIQUE
+from omniload_assets.checks import DELETED, FRESHNESS, NOT_NULL, UNIQUE, check_names
 from omniload_assets.klaviyo.catalog import TABLES, get_table
 from omniload_assets.warehouse.reads import qualified_name
 
@@ -55,16 +55,19 @@ def execute(db_path: Path, table: str, sql: str) -> None:
         conn.execute(sql.format(table=qualified_name(conn, "klaviyo", table)))
 
 
-def test_every_table_has_the_three_checks(defs: dg.Definitions) -> None:
+def test_every_table_has_the_three_checks_and_merge_tables_the_deleted_rows_one(defs: dg.Definitions) -> None:
     keys = set(defs.resolve_asset_graph().asset_check_keys)
-    assert keys == {dg.AssetCheckKey(asset_key(t), c) for t in TABLES for c in CHECKS}
+    expected = {dg.AssetCheckKey(asset_key(t), c) for t in TABLES for c in CHECKS}
+    expected |= {dg.AssetCheckKey(asset_key(t), DELETED) for t in TABLES if t.strategy == "merge"}
+    assert keys == expected
+    assert DELETED not in check_names(get_table("tags")) and DELETED in check_names(get_table("flows"))
 
 
 @pytest.mark.parametrize("table", ["profiles", "tags"])
 def test_checks_pass_on_a_healthy_table_right_after_it_is_written(defs, instance, table: str) -> None:
     result = materialize(defs, instance, table)
     found = evaluations(result)
-    assert set(found) == {(get_table(table).asset_name, c) for c in CHECKS}
+    assert set(found) == {(get_table(table).asset_name, c) for c in check_names(get_table(table))}
     name = get_table(table).asset_name
     assert found[(name, UNIQUE)].passed and found[(name, NOT_NULL)].passed
     assert found[(name, UNIQUE)].metadata["duplicated_keys"].value == 0
@@ -97,7 +100,23 @@ def test_checks_fail_on_a_null_id(defs, instance, db_path: Path) -> None:
 
 def test_checks_fail_when_the_table_is_missing(defs, instance) -> None:
     found = evaluations(run_checks(defs, instance, "events"))
-    assert {c for (_, c), e in found.items() if not e.passed} == set(CHECKS)
+    assert {c for (_, c), e in found.items() if not e.passed} == {*CHECKS, DELETED}
+
+
+def test_deleted_rows_reports_the_marked_rows_and_passes(defs, instance, db_path: Path) -> None:
+    first = evaluations(materialize(defs, instance, "profiles"))[("profiles", DELETED)]
+    assert first.passed and first.metadata["deleted_rows"].value == 0
+    rows = first.metadata["rows"].value
+    execute(
+        db_path,
+        "profiles",
+        "UPDATE {table} SET _deleted_at = now() WHERE id IN (SELECT id FROM {table} LIMIT 3)",
+    )
+    found = evaluations(run_checks(defs, instance, "profiles"))[("profiles", DELETED)]
+    assert found.passed  # information, not a failure: accounts delete records
+    assert found.metadata["deleted_rows"].value == 3
+    assert found.metadata["active_rows"].value == rows - 3
+    assert found.metadata["deleted_share"].value == round(3 / rows, 4)
 
 
 def test_freshness_uses_the_newest_incremental_key_and_its_threshold(
@@ -139,6 +158,8 @@ def test_materialization_metadata_shows_what_the_run_did(defs, instance) -> None
         "dagster/row_count",
         "rows_inserted",
         "rows_updated",
+        "rows_restored",
+        "rows_marked_deleted",
         "window_start",
         "window_end",
         "requests",

@@ -103,3 +103,26 @@ def test_a_table_expected_or_proven_large_starts_processes() -> None:
     assert not expected.offloaded and expected.start() is None  # closed: never again
     default = LocalDecoder if default_processes() == 0 else ProcessDecoder
     assert type(decoder_for(profiles, None)) is default
+
+
+def test_a_child_tables_rows_from_decode_processes_carry_their_parent(simulator, tmp_path: Path) -> None:
+    """A decode process knows no parent: the run's process adds it (and the membership key)."""
+    spec = get_table("list-profiles")
+    decoder = ProcessDecoder(spec, 1)
+    pool = decoder.start()
+    assert pool is not None
+    pool.wait_started()
+    stager = ParquetStager(spec, str(tmp_path), rows_per_file=100)
+    stats = ClientStats()
+    parents = sorted(simulator.ids("lists"))
+    with KlaviyoClient(simulator.api_key, base_url=simulator.base_url) as client:
+        extract(
+            client, spec, None, decoder, stager.add, stats=stats, parallelism=4, page_size=25, parents=parents
+        )
+    decoder.close()
+    staged = stager.finish(None, stats.as_dict(), decoder.column_types())
+    assert decoder.pages_in_processes == stats.pages > len(parents)  # cursors followed, all in processes
+    rows = [r for f in staged.files for r in pq.read_table(f).to_pylist()]
+    assert {(r["list_id"], r["profile_id"]) for r in rows} == simulator.members("lists")
+    assert all(r["id"] == f"{r['list_id']}:{r['profile_id']}" for r in rows)
+    assert staged.column_types == spec.column_types()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import threading
 from collections import Counter
@@ -11,7 +12,7 @@ import httpx
 import pyarrow as pa
 import pytest
 
-from omniload_assets.klaviyo.catalog import TABLES, get_table
+from omniload_assets.klaviyo.catalog import TABLES, RateLimit, get_table
 from omniload_assets.klaviyo.client import ClientStats, KlaviyoClient
 from omniload_assets.klaviyo.decoders import LocalDecoder
 from omniload_assets.klaviyo.errors import (
@@ -37,6 +38,7 @@ from omniload_assets_tests.klaviyo_mocks import (
     DAY,
     EVENTS,
     EVENTS_DAY_FILTER,
+    KEY,
     NEXT_DAY,
     US,
     error_body,
@@ -516,6 +518,138 @@ def test_abandoning_a_parallel_extraction_stops_its_workers(httpx_mock, client):
     assert not [t for t in threading.enumerate() if t.name.startswith("klaviyo")]
 
 
+# -- child tables: one task per parent id ------------------------------------------------------------
+
+
+class ParentsDecoder(LocalDecoder):
+    """Rows are ``(parent, [record ids])`` per page: which parent each page was read for."""
+
+    def rows(self, batch: PageBatch) -> tuple[str | None, list[str]]:  # type: ignore[override]
+        return batch.parent, [r["id"] for r in batch.records()]
+
+
+def child_pages(client: KlaviyoClient, table: str, parents: list[str], **kwargs) -> list[tuple]:  # noqa: ANN003
+    spec = get_table(table)
+    return list(Extraction(client, spec, None, ParentsDecoder(spec), parents=parents, **kwargs))
+
+
+def member(pid: str) -> dict:
+    return {"type": "profile", "id": pid, "attributes": {"joined_group_at": "2024-01-02T00:00:00+00:00"}}
+
+
+def test_a_child_table_reads_each_parents_path_with_the_endpoints_query(httpx_mock, client):
+    def answer(request: httpx.Request) -> httpx.Response:
+        parent = request.url.raw_path.decode().split("/")[3]
+        return httpx.Response(200, json=page([member(f"{parent}-p")]))
+
+    httpx_mock.add_callback(answer, is_reusable=True)
+
+    got = child_pages(client, "list-profiles", ["L1", "L/2?x", "L1"])
+
+    # Each parent once, its id percent-encoded in the path (never another path or a query).
+    assert sorted(got) == [("L/2?x", ["L%2F2%3Fx-p"]), ("L1", ["L1-p"])]
+    paths = sorted(r.url.raw_path.decode().split("?")[0] for r in httpx_mock.get_requests())
+    assert paths == ["/api/lists/L%2F2%3Fx/profiles", "/api/lists/L1/profiles"]
+    for request in httpx_mock.get_requests():
+        assert query(request) == {"fields[profile]": ["joined_group_at"], "page[size]": ["100"]}
+
+
+def test_a_child_follows_each_parents_cursor(httpx_mock, client):
+    def answer(request: httpx.Request) -> httpx.Response:
+        parent = request.url.raw_path.decode().split("/")[3]
+        offset = int(single(request, "page[cursor]") or 0)
+        nxt = str(request.url.copy_set_param("page[cursor]", str(offset + 1))) if offset < 2 else None
+        return httpx.Response(200, json=page([{"type": "flow-action", "id": f"{parent}-{offset}"}], nxt))
+
+    httpx_mock.add_callback(answer, is_reusable=True)
+
+    got = child_pages(client, "flow-actions", ["F1", "F2"], parallelism=2)
+
+    assert sorted((parent, ids) for parent, ids in got) == [
+        ("F1", ["F1-0"]),
+        ("F1", ["F1-1"]),
+        ("F1", ["F1-2"]),
+        ("F2", ["F2-0"]),
+        ("F2", ["F2-1"]),
+        ("F2", ["F2-2"]),
+    ]
+
+
+def test_the_parents_are_read_concurrently(httpx_mock, client):
+    """Four parents on four workers: every request is in flight before any is answered."""
+    barrier = threading.Barrier(4, timeout=10)
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        barrier.wait()  # breaks (and fails the test) unless four requests wait here at once
+        return httpx.Response(200, json=page([{"type": "campaign-message", "id": request.url.path}]))
+
+    httpx_mock.add_callback(answer, is_reusable=True)
+
+    got = child_pages(client, "campaign-messages", ["C1", "C2", "C3", "C4"], parallelism=4)
+
+    assert sorted(parent for parent, _ in got) == ["C1", "C2", "C3", "C4"]
+    assert all("page[size]" not in query(r) for r in httpx_mock.get_requests())  # none documented
+
+
+def test_a_parent_klaviyo_no_longer_knows_gives_no_rows(httpx_mock, client):
+    def answer(request: httpx.Request) -> httpx.Response:
+        if "/gone/" in request.url.path:
+            return httpx.Response(404, json=error_body("Segment not found", 404, "not_found"))
+        return httpx.Response(200, json=page([member("p1")]))
+
+    httpx_mock.add_callback(answer, is_reusable=True)
+    spec = get_table("segment-profiles")
+    extraction = Extraction(
+        client, spec, None, ParentsDecoder(spec), parents=["S1", "gone", "S2"], parallelism=2
+    )
+
+    assert sorted(extraction) == [("S1", ["p1"]), ("S2", ["p1"])]
+    assert extraction.gone == ["gone"]
+
+
+def test_other_errors_of_a_child_request_fail_the_extraction(httpx_mock, client):
+    httpx_mock.add_response(status_code=403, json=error_body("missing scope", 403), is_reusable=True)
+    with pytest.raises(KlaviyoPermissionError, match="segments:read"):
+        child_pages(client, "segment-profiles", ["S1", "S2"], parallelism=2)
+
+
+def test_every_parents_requests_share_the_endpoints_rate_limit(httpx_mock):
+    """Paced by the endpoint (the path template), not by each parent's path: three parents at one
+    request a second wait for each other."""
+    spec = dataclasses.replace(
+        get_table("flow-actions"),
+        path="/api/pacing-test/{id}/flow-actions",
+        rate_limit=RateLimit("T", 2, 600),
+    )
+    httpx_mock.add_response(json=page([]), is_reusable=True)
+    stats = ClientStats()
+    with KlaviyoClient(KEY, pace=True) as paced:
+        list(
+            Extraction(
+                paced,
+                spec,
+                None,
+                ParentsDecoder(spec),
+                parents=["F1", "F2", "F3"],
+                parallelism=3,
+                stats=stats,
+            )
+        )
+    assert stats.requests == 3
+    assert stats.pacing_wait_s >= 1.5  # the second waited about 1 s, the third about 2 s
+
+
+def test_a_child_table_needs_its_parents_and_no_window(client):
+    spec, tags = get_table("list-profiles"), get_table("tags")
+    with pytest.raises(ValueError, match="list-profiles is read whole for each lists id"):
+        Extraction(client, spec, None, ParentsDecoder(spec))
+    with pytest.raises(ValueError, match="give the ids and no window"):
+        Extraction(client, spec, DAY, ParentsDecoder(spec), parents=["L1"])
+    with pytest.raises(ValueError, match="tags has no parent table"):
+        Extraction(client, tags, None, ParentsDecoder(tags), parents=["L1"])
+    assert list(Extraction(client, spec, None, ParentsDecoder(spec), parents=[], parallelism=4)) == []
+
+
 # -- every table against the simulator -----------------------------------------------------------
 
 
@@ -535,7 +669,7 @@ def extract_ids(
         return [r["id"] for batch in batches for r in batch]
 
 
-@pytest.mark.parametrize("table", [t.name for t in TABLES])
+@pytest.mark.parametrize("table", [t.name for t in TABLES if t.parent is None])
 @pytest.mark.parametrize("parallelism", [1, 4])
 def test_every_table_extracts_exactly_its_window(simulator, table, parallelism) -> None:
     spec = get_table(table)

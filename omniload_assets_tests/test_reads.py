@@ -14,12 +14,14 @@ from omniload_assets.warehouse.connection import DuckDBLockedError, DuckDBPathEr
 from omniload_assets.warehouse.reads import (
     TableProfile,
     WarehouseReader,
+    active_ids,
     newest_key,
     profile_table,
     qualified_name,
     table_columns,
     table_comment,
     table_exists,
+    table_ids,
 )
 from omniload_assets_tests.test_writer import lock_held_by_other_process, release
 
@@ -111,6 +113,26 @@ def test_profile_of_a_healthy_a_broken_and_a_missing_table(conn):
     assert (broken.rows, broken.null_keys, broken.duplicate_keys, broken.extra_rows) == (6, 1, 2, 3)
     assert broken.duplicate_sample == ("a", "b")  # most duplicated first
     assert broken.newest is None
+
+
+def test_the_profile_counts_the_rows_marked_deleted(conn):
+    rows = "('a', NULL), ('b', '2024-02-01 00:00+00'), ('c', '2024-02-02 00:00+00')"
+    create(conn, "flows", rows, "id VARCHAR, _deleted_at TIMESTAMPTZ")
+    profile = profile_table(conn, SCHEMA, "flows", primary_key="id", newest_column="_deleted_at")
+    assert (profile.rows, profile.deleted) == (3, 2)
+
+
+def test_ids_of_a_table_all_or_only_those_not_marked_deleted(conn):
+    assert table_ids(conn, SCHEMA, "flows") == set() and active_ids(conn, SCHEMA, "flows") == []
+    rows = "('b', NULL, 1), ('a', NULL, 2), ('a', NULL, 2), ('gone', now(), 3), (NULL, NULL, 4)"
+    create(conn, "flows", rows, "id VARCHAR, _deleted_at TIMESTAMPTZ, n INTEGER")
+    assert table_ids(conn, SCHEMA, "flows") == {"a", "b", "gone"}
+    assert active_ids(conn, SCHEMA, "FLOWS") == ["a", "b"]  # distinct, sorted, without NULL
+    assert active_ids(conn, SCHEMA, "flows", column="n") == ["1", "2", "4"]  # as text, sorted as text
+    # A table without the column (a replace table, or one written before it) has no deleted rows.
+    create(conn, "tags", "('t2'), ('t1')")
+    assert active_ids(conn, SCHEMA, "tags") == ["t1", "t2"]
+    assert table_ids(conn, SCHEMA, "tags") == {"t1", "t2"}
 
 
 def test_reader_of_a_database_not_created_yet_finds_nothing_and_creates_nothing(db: Path):

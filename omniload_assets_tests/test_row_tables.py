@@ -16,6 +16,9 @@ from omniload_assets.klaviyo.pages import PageBatch, read_page
 from omniload_assets.klaviyo.rows import RowBuilder
 from omniload_assets_tests.simulator import KlaviyoSimulator
 
+#: Tables whose rows are resources as the simulator keeps them (memberships are pairs, not records).
+RESOURCE_TABLES = [t for t in TABLES if t.member_id_column is None]
+
 
 @pytest.fixture(scope="module")
 def sim_records() -> dict[str, list[dict]]:
@@ -26,7 +29,7 @@ def sim_records() -> dict[str, list[dict]]:
         end=datetime(2024, 1, 3, tzinfo=UTC),
     )
     extra = {"profiles": ["subscriptions"], "templates": ["definition"]}
-    return {t.name: sim.records(t.name, extra.get(t.name, [])) for t in TABLES}
+    return {t.name: sim.records(t.name, extra.get(t.name, [])) for t in RESOURCE_TABLES}
 
 
 def per_row(spec_name: str, records: list[dict]) -> tuple[pa.Table, dict[str, str]]:
@@ -56,7 +59,7 @@ FAST_PATHS = [columnar, from_page]
 
 
 @pytest.mark.parametrize("build", FAST_PATHS)
-@pytest.mark.parametrize("table", [t.name for t in TABLES])
+@pytest.mark.parametrize("table", [t.name for t in RESOURCE_TABLES])
 def test_every_table_builds_the_same_table(sim_records, table, build) -> None:
     records = sim_records[table]
     assert records

@@ -11,6 +11,7 @@ import pyarrow as pa
 import pytest
 
 from omniload_assets.klaviyo.catalog import TABLES, get_table
+from omniload_assets.klaviyo.pages import PageBatch, RawPage, read_page
 from omniload_assets.klaviyo.rows import RowBuilder, column_name, key_value
 
 EVENTS = get_table("events")
@@ -347,7 +348,8 @@ def test_an_incremental_key_parses_or_gives_none():
 # -- every shared sample (skipped where ../shared is not mounted) --------------------------------
 
 SAMPLES = Path("/work/shared/klaviyo/samples")
-TABLE_BY_TYPE = {spec.resource_type: spec for spec in TABLES}
+#: The table of each JSON:API type (profiles for a profile, not a membership table).
+TABLE_BY_TYPE = {spec.resource_type: spec for spec in TABLES if spec.member_id_column is None}
 
 
 def _sample_resources() -> list[tuple[str, dict]]:
@@ -388,3 +390,91 @@ def test_every_shared_sample_converts_without_losing_a_value():
         table = builder.to_arrow([row])
         for col, duck_type in spec.column_types().items():
             assert table.schema.field(col).type == EXPECTED_ARROW[duck_type], (name, col)
+
+
+# -- child tables ----------------------------------------------------------------------------------
+
+
+def _body(records: list[dict]) -> bytes:
+    return json.dumps({"data": records, "links": {"self": "x", "next": None}}).encode()
+
+
+def _member(pid: str, joined: str | None, **attributes: object) -> dict:
+    return {
+        "type": "profile",
+        "id": pid,
+        "attributes": {"joined_group_at": joined, **attributes},
+        "relationships": {"lists": {"links": {"self": "x", "related": "y"}}},
+        "links": {"self": f"https://a.klaviyo.com/api/profiles/{pid}/"},
+    }
+
+
+def test_a_membership_row_has_the_membership_key_the_parent_and_the_member():
+    spec = get_table("list-profiles")
+    page = read_page(spec, _body([_member("P1", "2024-01-02T03:04:05+00:00"), _member("P2", None)]))
+    table = RowBuilder(spec).page_table(PageBatch(page, parent="L1"))
+    assert table.schema.names == ["id", "list_id", "profile_id", "joined_group_at"]
+    assert table.to_pylist() == [
+        {
+            "id": "L1:P1",
+            "list_id": "L1",
+            "profile_id": "P1",
+            "joined_group_at": datetime(2024, 1, 2, 3, 4, 5, tzinfo=UTC),
+        },
+        {"id": "L1:P2", "list_id": "L1", "profile_id": "P2", "joined_group_at": None},
+    ]
+    kept = RowBuilder(spec).page_table(PageBatch(page, keep=[1], parent="L9"))
+    assert kept.column("id").to_pylist() == ["L9:P2"]
+
+
+def test_the_same_profile_in_two_segments_gives_two_keys():
+    spec = get_table("segment-profiles")
+    builder = RowBuilder(spec)
+    body = _body([_member("P1", "2024-01-02T00:00:00+00:00")])
+    keys = [builder.page_table(PageBatch(read_page(spec, body), parent=s)).column("id")[0] for s in "AB"]
+    assert [k.as_py() for k in keys] == ["A:P1", "B:P1"]
+
+
+def test_a_member_attribute_named_like_a_key_column_cannot_overwrite_it():
+    spec = get_table("list-profiles")
+    page = read_page(spec, _body([_member("P1", None, list_id="forged", email="a@example.com")]))
+    builder = RowBuilder(spec)
+    row = builder.page_table(PageBatch(page, parent="L1")).to_pylist()[0]
+    assert (row["id"], row["list_id"], row["profile_id"]) == ("L1:P1", "L1", "P1")
+    assert row["list_id__attribute"] == '"forged"' and row["email"] == '"a@example.com"'
+
+
+def test_a_childs_parent_column_is_the_parent_it_was_read_for():
+    spec = get_table("flow-actions")
+    action = {
+        "type": "flow-action",
+        "id": "A1",
+        "attributes": {"created": "2024-01-02T00:00:00+00:00", "updated": None, "definition": {"type": "x"}},
+        "relationships": {"flow": {"data": {"type": "flow", "id": "F1"}}},
+    }
+    no_link = {**action, "id": "A2", "relationships": {}}
+    table = RowBuilder(spec).page_table(PageBatch(read_page(spec, _body([action, no_link])), parent="F1"))
+    assert table.schema.names == list(spec.column_types())
+    assert table.column("flow_id").to_pylist() == ["F1", "F1"]
+    assert table.column("id").to_pylist() == ["A1", "A2"]
+    # Without a parent (a decode process's rows) the rows stay as the page has them.
+    alone = RowBuilder(spec).page_table(PageBatch(read_page(spec, _body([no_link]))))
+    assert alone.column("flow_id").to_pylist() == [None]
+
+
+def test_rows_a_decode_process_built_get_their_parent_in_the_run():
+    spec = get_table("list-profiles")
+    worker = RowBuilder(spec)  # as in a decode process: no parent known
+    body = _body([_member("P1", None), _member("P2", None)])
+    built = worker.page_table(PageBatch(read_page(spec, body)))
+    page = RawPage(body, [None, None], None, None, table=built, extra_columns={})
+    rows = RowBuilder(spec).page_table(PageBatch(page, keep=[1], parent="L1"))
+    assert rows.to_pylist() == [{"id": "L1:P2", "list_id": "L1", "profile_id": "P2", "joined_group_at": None}]
+
+
+def test_tables_without_a_parent_ignore_a_parent_id():
+    spec = get_table("tags")
+    page = read_page(spec, _body([{"type": "tag", "id": "t1", "attributes": {"name": "n"}}]))
+    assert RowBuilder(spec).page_table(PageBatch(page, parent="X")).to_pylist() == [
+        {"id": "t1", "name": "n", "tag_group_id": None}
+    ]

@@ -23,11 +23,17 @@ from hypothesis import strategies as st
 from omniload_assets import settings
 from omniload_assets.automation import lookback_range
 from omniload_assets.klaviyo.catalog import TABLES
-from omniload_assets.settings import CHANGE_SENSOR, INCREMENTAL_SCHEDULE, REPLACE_SCHEDULE
+from omniload_assets.settings import (
+    CHANGE_SENSOR,
+    DELETION_SWEEP_SCHEDULE,
+    INCREMENTAL_SCHEDULE,
+    REPLACE_SCHEDULE,
+)
 from omniload_assets.warehouse.writer import check_name
 
 TABLE_NAMES = [t.name for t in TABLES] + [t.asset_name for t in TABLES]
-AUTOMATION = [INCREMENTAL_SCHEDULE, REPLACE_SCHEDULE, CHANGE_SENSOR]
+AUTOMATION = [INCREMENTAL_SCHEDULE, REPLACE_SCHEDULE, CHANGE_SENSOR, DELETION_SWEEP_SCHEDULE]
+MERGE_TABLES = [t.name for t in TABLES if t.strategy == "merge" and t.parent is None]
 
 numbers = st.one_of(
     st.integers(min_value=-(10**30), max_value=10**30).map(str),
@@ -104,6 +110,7 @@ def test_automation_names_take_the_schedules_and_the_sensor() -> None:
         REPLACE_SCHEDULE,
     }
     assert settings.parse_automation("ALL") == {"*"} and settings.parse_automation("off") == set()
+    assert settings.parse_automation(DELETION_SWEEP_SCHEDULE) == {DELETION_SWEEP_SCHEDULE}
     with pytest.raises(settings.SettingsError, match="'maybe' is not a schedule or sensor; use off, all"):
         settings.parse_automation("maybe")
 
@@ -118,7 +125,9 @@ cron_fields = st.sampled_from(["*", "0", "5", "*/15", "1-5", "61", "a", "", "0,3
         st.sampled_from(["@daily", "@hourly", "@yearly", "@reboot", "@ daily"]),
     )
 )
-@pytest.mark.parametrize("variable", ["OMNILOAD_SCHEDULE_CRON", "OMNILOAD_REPLACE_CRON"])
+@pytest.mark.parametrize(
+    "variable", ["OMNILOAD_SCHEDULE_CRON", "OMNILOAD_REPLACE_CRON", "OMNILOAD_SWEEP_CRON"]
+)
 def test_cron(variable: str, text: str) -> None:
     value = check(lambda: settings.parse_cron(variable, text), variable)
     if value is not None:
@@ -169,6 +178,39 @@ def test_freshness_hours_per_table() -> None:
     )
     with pytest.raises(settings.SettingsError, match="'evnts' is not a table; tables: events, profiles"):
         settings.parse_freshness("evnts=6")
+
+
+@given(
+    st.one_of(
+        anything,
+        st.lists(st.sampled_from([*TABLE_NAMES, "all", "ALL", "evnts", " ", ""]), max_size=4).map(",".join),
+    )
+)
+def test_sweep_tables(text: str) -> None:
+    value = check(lambda: settings.parse_sweep_tables(text), "OMNILOAD_SWEEP_TABLES")
+    if value is not None:  # merge tables of the catalogue, in its order, at least one
+        assert value and set(value) <= set(MERGE_TABLES)
+        assert value == [name for name in MERGE_TABLES if name in value]
+
+
+def test_sweep_tables_default_to_every_merge_table_but_events() -> None:
+    default = settings.parse_sweep_tables(None)
+    assert default == [name for name in MERGE_TABLES if name != "events"] == settings.parse_sweep_tables(" ")
+    assert settings.parse_sweep_tables("All") == MERGE_TABLES
+    assert settings.parse_sweep_tables("catalog_items, Flows") == ["catalog-items", "flows"]
+    with pytest.raises(settings.SettingsError, match="tags is replaced whole on every run"):
+        settings.parse_sweep_tables("flows,tags")
+    with pytest.raises(settings.SettingsError, match="'evnts' is not a table; use all or names"):
+        settings.parse_sweep_tables("evnts")
+
+
+@given(st.one_of(anything, st.sampled_from(["1", "0", "TRUE", " yes ", "off", "2", "y"])))
+@pytest.mark.parametrize("variable", ["OMNILOAD_HARD_DELETE", "OMNILOAD_SWEEP_ALLOW_EMPTY"])
+def test_flags(variable: str, text: str) -> None:
+    value = check(lambda: settings.parse_flag(variable, text), variable)
+    if value is not None:
+        assert value is (text.strip().lower() in settings.FLAG_ON)
+        assert value or text.strip().lower() in settings.FLAG_OFF
 
 
 owner_parts = st.one_of(
@@ -224,6 +266,10 @@ def test_staging_dir(text: str) -> None:
         ("OMNILOAD_ASSET_OWNERS", "me@"),
         ("OMNILOAD_STAGING_DIR", "/dev/null"),
         ("OMNILOAD_DUCKDB_PATH", "/"),
+        ("OMNILOAD_SWEEP_TABLES", "tags"),
+        ("OMNILOAD_SWEEP_CRON", "daily"),
+        ("OMNILOAD_HARD_DELETE", "maybe"),
+        ("OMNILOAD_SWEEP_ALLOW_EMPTY", "2"),
     ],
 )
 def test_each_variable_is_read_through_its_parser(monkeypatch, name: str, value: str) -> None:

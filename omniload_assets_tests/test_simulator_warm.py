@@ -48,3 +48,14 @@ def test_sorted_windows_of_profiles_page_as_without_narrowing(page_size) -> None
     assert set(ids) == expected_ids
     keys = [r["attributes"]["updated"] for r in got]
     assert keys == sorted(keys, key=lambda v: datetime.fromisoformat(v))
+
+
+def test_warming_builds_the_same_children() -> None:
+    """Warming builds every parent with its members, messages and actions, as serving would."""
+    warm = KlaviyoSimulator(seed=4, start=START, end=END)
+    warm.warm()
+    cold = KlaviyoSimulator(seed=4, start=START, end=END)
+    for kind in ("lists", "segments"):
+        assert warm.members(kind) == cold.members(kind) and warm.members(kind)
+    for table in ("campaign-messages", "flow-actions", "flow-messages"):
+        assert warm.records(table) == cold.records(table) and warm.records(table), table

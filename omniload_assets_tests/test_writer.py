@@ -172,8 +172,11 @@ def test_merge_creates_schema_and_table(conn, stage):
         "extra",
         "_loaded_at",
         "_run_id",
+        "_deleted_at",
     ]
     assert dict(columns(conn))["_loaded_at"] == "TIMESTAMP WITH TIME ZONE"
+    assert dict(columns(conn))["_deleted_at"] == "TIMESTAMP WITH TIME ZONE"
+    assert conn.execute(f"SELECT count(_deleted_at) FROM {FQ}").fetchone() == (0,)
     assert rows(conn, "n", "note", "extra", "_run_id") == {
         "a": (1, None, "x", "run-1"),
         "b": (2, None, None, "run-1"),
@@ -399,9 +402,45 @@ def test_missing_staged_file_is_reported(conn, stage, tmp_path):
 def test_empty_merge_creates_the_table_and_writes_nothing(conn, stage):
     result = merge(conn, [])
     assert result == WriteResult(0, 0, 0, 0, 0, [])
-    assert [c for c, _ in columns(conn)] == [*TYPES, "_loaded_at", "_run_id"]
+    assert [c for c, _ in columns(conn)] == [*TYPES, "_loaded_at", "_run_id", "_deleted_at"]
     merge(conn, [stage([{"id": "a", "updated": ts(1)}])])
     assert merge(conn, []).table_rows == 1
+
+
+def mark_deleted(conn: duckdb.DuckDBPyConnection, *ids: str) -> None:
+    """What the deletion sweep does to rows whose id Klaviyo no longer lists."""
+    conn.execute(f"UPDATE {FQ} SET _deleted_at = now() WHERE list_contains(?, id)", [list(ids)])
+
+
+def test_a_merge_clears_the_deleted_mark_of_every_merged_id_stale_rows_included(conn, stage):
+    merge(conn, [stage([{"id": k, "updated": ts(2), "n": 1} for k in "abc"])], run_id="r1")
+    mark_deleted(conn, "a", "b", "c")
+    # "a" comes back newer (replaced), "b" older than the stored row (kept as it is): both are in
+    # Klaviyo after all. "c" is not in the batch and stays marked.
+    batch = stage([{"id": "a", "updated": ts(3), "n": 2}, {"id": "b", "updated": ts(1), "n": 0}])
+    result = merge(conn, [batch], run_id="r2")
+    assert (result.updated, result.skipped_stale, result.restored, result.marked_deleted) == (1, 1, 2, 1)
+    assert rows(conn, "n", "_run_id") == {"a": (2, "r2"), "b": (1, "r1"), "c": (1, "r1")}
+    marked = conn.execute(f"SELECT id FROM {FQ} WHERE _deleted_at IS NOT NULL").fetchall()
+    assert marked == [("c",)]
+    assert merge(conn, [batch]).restored == 0  # nothing left to restore
+
+
+def test_a_merge_table_written_before_deletions_gets_the_column(conn, stage):
+    merge(conn, [stage([{"id": "a", "updated": ts(1)}])])
+    conn.execute(f"ALTER TABLE {FQ} DROP COLUMN _deleted_at")  # as an older version wrote it
+    result = merge(conn, [stage([{"id": "b", "updated": ts(1)}])])
+    assert result.columns_added == ["_deleted_at"]
+    assert [c for c, _ in columns(conn)][-3:] == ["_loaded_at", "_run_id", "_deleted_at"]
+    assert conn.execute(f"SELECT count(*), count(_deleted_at) FROM {FQ}").fetchone() == (2, 0)
+
+
+def test_a_replace_table_has_no_deleted_at(conn, stage):
+    result = replace(conn, [stage([{"id": "a", "n": 1}])])
+    assert "_deleted_at" not in dict(columns(conn))
+    assert (result.restored, result.marked_deleted) == (0, 0)
+    replace(conn, [stage([{"id": "b", "n": 1}])])
+    assert "_deleted_at" not in dict(columns(conn))
 
 
 # -- replace -------------------------------------------------------------------------------------

@@ -5,12 +5,20 @@ these entries. Facts are from Klaviyo's API reference for revision 2026-10-15 (s
 ``../shared/klaviyo/ENDPOINTS.md``); each entry names its endpoint, JSON:API type, keys, strategy,
 how the incremental key can be filtered server-side, page size, rate-limit tier and the DuckDB
 types of the documented attributes.
+
+A *child* table (``parent`` set) is read per record of its parent table: its ``path`` is a template
+such as ``/api/lists/{id}/profiles``, filled with each parent id the warehouse holds, and each row
+carries its parent's id in :attr:`TableSpec.parent_column`. Children are replaced whole on each run:
+only a full pass sees a member removed or a parent deleted. The facts of the five child endpoints
+are from the OpenAPI document of revision 2026-07-15 (``openapi-2026-07-15.json``), which
+ENDPOINTS.md does not cover.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Literal
+from urllib.parse import quote
 
 Strategy = Literal["merge", "replace"]
 Cardinality = Literal["one", "many"]
@@ -59,6 +67,15 @@ class TableSpec:
     #: Filter expressions queried one after another and unioned (e.g. archived and not).
     filter_variants: tuple[str, ...] = ()
     primary_key: str = "id"
+    #: Scopes the endpoint needs besides ``scope`` (a list's members need ``profiles:read`` too).
+    extra_scopes: tuple[str, ...] = ()
+    #: The parent table (a child is read per parent id; ``path`` then holds ``{id}``).
+    parent: str | None = None
+    #: The column of the parent's id when no relationship of the record names the parent (members).
+    parent_id_column: str | None = None
+    #: Membership tables: the column of the record's own id (the member); the key is then
+    #: ``<parent id>:<member id>``, as a profile is a member of many lists.
+    member_id_column: str | None = None
 
     @property
     def asset_name(self) -> str:
@@ -68,6 +85,28 @@ class TableSpec:
     @property
     def partitioned(self) -> bool:
         return self.strategy == "merge" and self.incremental_key is not None
+
+    @property
+    def scopes(self) -> tuple[str, ...]:
+        """Every scope the endpoint needs."""
+        return (self.scope, *self.extra_scopes)
+
+    @property
+    def parent_column(self) -> str | None:
+        """The column holding the parent's id: ``parent_id_column``, else the column of the
+        relationship named after the parent's type (campaign-message -> ``campaign_id``)."""
+        if self.parent is None:
+            return None
+        return self.parent_id_column or self.relationship_column(get_table(self.parent).resource_type)
+
+    def request_path(self, parent_id: str | None = None) -> str:
+        """The path of a request: ``path``, or for a child its template filled with ``parent_id``
+        (percent-encoded, so an id can never reach another path or the query)."""
+        if self.parent is None:
+            return self.path
+        if parent_id is None:
+            raise ValueError(f"{self.name} is read per {self.parent} id: give the parent's id")
+        return self.path.replace("{id}", quote(parent_id, safe=""))
 
     @property
     def server_side_window(self) -> bool:
@@ -100,8 +139,12 @@ class TableSpec:
         return relationship.replace("-", "_") + suffix
 
     def column_types(self) -> dict[str, str]:
-        """All fixed columns of the table in order: id, attributes, relationship ids."""
+        """All fixed columns of the table in order: id, parent and member ids, attributes,
+        relationship ids."""
         cols = {self.primary_key: "VARCHAR"}
+        for col in (self.parent_column, self.member_id_column):
+            if col is not None:  # a relationship's column keeps this place below
+                cols[col] = "VARCHAR"
         cols.update(self.columns)
         for rel, card in self.relationships.items():
             cols[self.relationship_column(rel)] = "VARCHAR" if card == "one" else "JSON"
@@ -387,6 +430,83 @@ TABLES: tuple[TableSpec, ...] = (
             "updated": TS,
         },
     ),
+    # -- child tables: read per parent id, replaced whole ------------------------------------------
+    TableSpec(
+        name="list-profiles",
+        path="/api/lists/{id}/profiles",
+        resource_type="profile",
+        description="Who is on which list: one row per member of each list, with when it joined "
+        "(replaced whole on each run, so removed members and deleted lists disappear).",
+        scope="lists:read",
+        extra_scopes=("profiles:read",),
+        rate_limit=L,
+        strategy="replace",
+        max_page_size=100,
+        columns={"joined_group_at": TS},
+        # A membership table, not a copy of profiles: only the join time is asked for.
+        params={"fields[profile]": "joined_group_at"},
+        parent="lists",
+        parent_id_column="list_id",
+        member_id_column="profile_id",
+    ),
+    TableSpec(
+        name="segment-profiles",
+        path="/api/segments/{id}/profiles",
+        resource_type="profile",
+        description="Who is in which segment: one row per member of each segment, with when it "
+        "joined (replaced whole on each run, so members who left and deleted segments disappear).",
+        scope="segments:read",
+        extra_scopes=("profiles:read",),
+        rate_limit=L,
+        strategy="replace",
+        max_page_size=100,
+        columns={"joined_group_at": TS},
+        params={"fields[profile]": "joined_group_at"},
+        parent="segments",
+        parent_id_column="segment_id",
+        member_id_column="profile_id",
+    ),
+    TableSpec(
+        name="campaign-messages",
+        path="/api/campaigns/{id}/campaign-messages",
+        resource_type="campaign-message",
+        description="The messages of every campaign: channel, content and send times "
+        "(replaced whole on each run).",
+        scope="campaigns:read",
+        rate_limit=M,
+        strategy="replace",
+        columns={"definition": "JSON", "send_times": "JSON", "created_at": TS, "updated_at": TS},
+        relationships={"campaign": "one", "template": "one", "image": "one"},
+        parent="campaigns",
+    ),
+    TableSpec(
+        name="flow-actions",
+        path="/api/flows/{id}/flow-actions",
+        resource_type="flow-action",
+        description="The actions (steps) of every flow: sends, time delays, splits and updates "
+        "(replaced whole on each run).",
+        scope="flows:read",
+        rate_limit=S,
+        strategy="replace",
+        max_page_size=50,
+        columns={"created": TS, "updated": TS, "definition": "JSON"},
+        relationships={"flow": "one", "flow-messages": "many"},
+        parent="flows",
+    ),
+    TableSpec(
+        name="flow-messages",
+        path="/api/flow-actions/{id}/flow-messages",
+        resource_type="flow-message",
+        description="The messages the flows' send actions send: channel and content "
+        "(replaced whole on each run).",
+        scope="flows:read",
+        rate_limit=S,
+        strategy="replace",
+        max_page_size=50,
+        columns={"channel": "VARCHAR", "created": TS, "updated": TS, "definition": "JSON"},
+        relationships={"flow-action": "one", "template": "one"},
+        parent="flow-actions",
+    ),
 )
 
 TABLES_BY_NAME: dict[str, TableSpec] = {t.name: t for t in TABLES}
@@ -399,3 +519,30 @@ def get_table(name: str) -> TableSpec:
         valid = ", ".join(TABLES_BY_NAME)
         raise KeyError(f"unknown Klaviyo table {name!r}; valid tables: {valid}")
     return spec
+
+
+def check_catalogue(tables: tuple[TableSpec, ...] = TABLES) -> None:
+    """Refuse a catalogue whose child entries cannot work: an unknown or later parent, a path
+    without ``{id}`` (or a parent's path with one), a parent named by no column."""
+    seen: dict[str, TableSpec] = {}
+    for spec in tables:
+        if spec.parent is None:
+            if "{id}" in spec.path or spec.parent_id_column or spec.member_id_column:
+                raise ValueError(f"catalogue: {spec.name} has a child's path or columns but no parent")
+        else:
+            parent = seen.get(spec.parent)
+            if parent is None:
+                raise ValueError(f"catalogue: {spec.name}'s parent {spec.parent!r} must come before it")
+            if spec.path.count("{id}") != 1 or spec.strategy != "replace" or spec.incremental_key:
+                raise ValueError(
+                    f"catalogue: {spec.name} needs one {{id}} in its path and the replace strategy"
+                )
+            if spec.parent_id_column is None and spec.relationships.get(parent.resource_type) != "one":
+                raise ValueError(
+                    f"catalogue: {spec.name} names its parent by no column: set parent_id_column or "
+                    f"a to-one relationship {parent.resource_type!r}"
+                )
+        seen[spec.name] = spec
+
+
+check_catalogue()

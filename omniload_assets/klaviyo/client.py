@@ -340,8 +340,10 @@ class KlaviyoClient:
                 path=spec.path,
             )
         if status == 403:
+            scopes = " and ".join(f"'{scope}'" for scope in spec.scopes)
             return KlaviyoPermissionError(
-                f"Klaviyo refused {spec.path} (403: {detail}); give the API key the '{spec.scope}' scope",
+                f"Klaviyo refused {spec.path} (403: {detail}); give the API key the {scopes} "
+                f"scope{'s' if len(spec.scopes) > 1 else ''}",
                 status=status,
                 path=spec.path,
             )
@@ -357,16 +359,20 @@ class KlaviyoClient:
         params: dict[str, str],
         stats: ClientStats | None = None,
         read: Callable[[bytes], RawPage] | None = None,
+        path: str | None = None,
     ) -> Iterator[RawPage]:
         """Every page of a listing, following ``links.next`` until it is null.
 
+        ``path`` is the listing's path when it is not ``spec.path`` (a child table's template filled
+        with one parent's id); requests are paced by ``spec.path`` all the same, so every parent's
+        requests share the endpoint's rate limit, as Klaviyo counts them.
         ``links.next`` is followed only on the base URL's scheme, host and port (the API key goes
         with every request), and never to a page already fetched (a cursor loop).
         """
         stats = stats or ClientStats()
-        url: str = spec.path
+        url: str = path or spec.path
         page_params: dict[str, str] | None = params
-        first = f"{self.base_url}{spec.path}?{urlencode(params)}"
+        first = f"{self.base_url}{url}?{urlencode(params)}"
         seen: set[tuple[str, tuple[tuple[str, str], ...]]] = {_page_identity(first)}
         while True:
             page = self.get_page(spec, url, page_params, stats, read)

@@ -12,14 +12,20 @@ tasks, as many as the idle workers and no more than the page's density says hold
 each. Dense stretches are thus split as finely as the workers need and sparse ones cost one request.
 Records exactly on the hand-over key are left to the new tasks, so every record lands in exactly one
 task. Endpoints that cannot filter on the key are read whole and windowed here.
+
+A child table (``spec.parent``) is read whole per parent id: one task per parent, its path the
+endpoint's template filled with the id, all tasks on the concurrent workers and all paced together
+by the endpoint's one rate limit. A parent Klaviyo answers 404 for (deleted since the parent table
+was loaded) gives no rows: its children are gone with it.
 """
 
 from __future__ import annotations
 
+import logging
 import queue
 import threading
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Generic, TypeVar
@@ -27,12 +33,14 @@ from typing import Any, Generic, TypeVar
 from omniload_assets.klaviyo.catalog import TableSpec
 from omniload_assets.klaviyo.client import ClientStats, KlaviyoClient
 from omniload_assets.klaviyo.decoders import Decoder
+from omniload_assets.klaviyo.errors import KlaviyoAPIError
 from omniload_assets.klaviyo.pages import PageBatch, RawPage
 from omniload_assets.klaviyo.rows import key_value
 from omniload_assets.klaviyo.windows import TimeWindow, combine_filters, window_filter
 from omniload_assets.process_tuning import limit_malloc_arenas
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 #: A remainder shorter than this is paged through rather than handed over.
 MIN_SPLIT_SPAN = timedelta(seconds=2)
@@ -73,12 +81,22 @@ def extract(
     parallelism: int = 1,
     stats: ClientStats | None = None,
     now: datetime | None = None,
+    parents: Sequence[str] | None = None,
 ) -> ClientStats:
     """Every record of ``spec`` whose incremental key lies in ``window`` (``None``: the whole
     listing), decoded page by page by ``decoder`` and handed to ``sink`` in this thread; returns
-    the counters. Records without an incremental key belong to the window holding ``now``."""
+    the counters. Records without an incremental key belong to the window holding ``now``. A child
+    table is read for each of ``parents`` (its parent table's ids)."""
     extraction = Extraction(
-        client, spec, window, decoder, page_size=page_size, parallelism=parallelism, stats=stats, now=now
+        client,
+        spec,
+        window,
+        decoder,
+        page_size=page_size,
+        parallelism=parallelism,
+        stats=stats,
+        now=now,
+        parents=parents,
     )
     for rows in extraction:
         sink(rows)
@@ -87,10 +105,12 @@ def extract(
 
 @dataclass(frozen=True)
 class Task:
-    """A query for one window (``None``: the whole listing) and one filter variant."""
+    """A query for one window (``None``: the whole listing), one filter variant and, for a child
+    table, one parent id."""
 
     window: TimeWindow | None
     variant: str | None = None
+    parent: str | None = None
 
 
 @dataclass
@@ -101,9 +121,23 @@ class Step:
     handed_over: list[Task]
 
 
+def plan_tasks(spec: TableSpec, window: TimeWindow | None, parents: Sequence[str] | None) -> list[Task]:
+    """The first tasks: one per filter variant, for a child table one per parent id and variant.
+    ``ValueError`` for parents given to a table without a parent, or missing or a window given
+    for a child table (it is read whole)."""
+    variants = spec.filter_variants or (None,)
+    if spec.parent is None:
+        if parents is not None:
+            raise ValueError(f"{spec.name} has no parent table: it takes no parent ids")
+        return [Task(window, v) for v in variants]
+    if parents is None or window is not None:
+        raise ValueError(f"{spec.name} is read whole for each {spec.parent} id: give the ids and no window")
+    return [Task(None, v, parent) for parent in dict.fromkeys(parents) for v in variants]
+
+
 class Extraction(Generic[T]):
-    """The rows of ``spec`` in ``window``, one item per page, fetched by up to ``parallelism``
-    workers (see :func:`extract`)."""
+    """The rows of ``spec`` in ``window`` (of a child table: of each of ``parents``), one item per
+    page, fetched by up to ``parallelism`` workers (see :func:`extract`)."""
 
     def __init__(
         self,
@@ -116,6 +150,7 @@ class Extraction(Generic[T]):
         parallelism: int = 1,
         stats: ClientStats | None = None,
         now: datetime | None = None,
+        parents: Sequence[str] | None = None,
     ) -> None:
         self.client = client
         self.spec = spec
@@ -127,7 +162,9 @@ class Extraction(Generic[T]):
         self.sorted = window is not None and spec.server_side_window
         #: Records a full page holds (None: the endpoint does not take a page size).
         self.full_page = spec.page_size(page_size)
-        self.tasks = [Task(window, v) for v in spec.filter_variants or (None,)]
+        self.tasks = plan_tasks(spec, window, parents)
+        #: Parents Klaviyo no longer knows (404), whose children were skipped.
+        self.gone: list[str] = []
         self._expect_told = False  # the decoder hears once how many records the window holds
         self._queue = TaskQueue(self.tasks)
         # Pages decoded elsewhere cost this process little: every request may go at once.
@@ -156,7 +193,7 @@ class Extraction(Generic[T]):
         # be handed over only from a key above it, or records tied on the key across two pages
         # (many profiles share one ``updated``) would be fetched twice.
         floor = task.window.start if task.window is not None else None
-        for page in self.client.iter_pages(self.spec, self.params(task), self.stats, self.decoder.read):
+        for page in self._pages(task):
             step, last, floor = self._step(task, page, floor)
             # Nothing of this page may stay referenced from this frame while the next request waits.
             del page
@@ -165,11 +202,28 @@ class Extraction(Generic[T]):
             if last:
                 return
 
+    def _pages(self, task: Task) -> Iterator[RawPage]:
+        """The pages of one task; none (from the 404 on) for a parent Klaviyo no longer knows."""
+        path = self.spec.request_path(task.parent)
+        pages = self.client.iter_pages(self.spec, self.params(task), self.stats, self.decoder.read, path=path)
+        if task.parent is None:
+            yield from pages
+            return
+        try:
+            yield from pages
+        except KlaviyoAPIError as exc:
+            if exc.status != 404:
+                raise
+            self.gone.append(task.parent)
+            log.info(
+                "%s: %s %s is gone (404): it has no children", self.spec.name, self.spec.parent, task.parent
+            )
+
     def _step(self, task: Task, page: RawPage, floor: datetime | None) -> tuple[Step, bool, datetime | None]:
         """What one page gives, whether it ends the task, and the highest key handed on so far."""
         window = task.window
         if window is None:
-            return Step(PageBatch(page), []), False, floor
+            return Step(PageBatch(page, parent=task.parent), []), False, floor
         keys = [key_value(k) for k in page.keys]
         kept = [i for i, key in enumerate(keys) if self._in_window(key, window)]
         if not self.sorted:
@@ -235,7 +289,8 @@ class Extraction(Generic[T]):
     # -- all tasks -------------------------------------------------------------------------------
 
     def __iter__(self) -> Iterator[T]:
-        if self.parallelism == 1 or not self.sorted:
+        # A child's parents are many tasks from the start: they go to the workers like a window's pieces.
+        if self.parallelism == 1 or not (self.sorted or self.spec.parent is not None):
             yield from self._serial()
         else:
             yield from self._concurrent()

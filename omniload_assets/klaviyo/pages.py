@@ -145,11 +145,13 @@ class RawPage:
 
 @dataclass(frozen=True)
 class PageBatch:
-    """What extraction hands on for one page: the page and which of its records belong to the run
-    (``keep``: indexes into ``data``, ``None`` for all)."""
+    """What extraction hands on for one page: the page, which of its records belong to the run
+    (``keep``: indexes into ``data``, ``None`` for all) and, for a child table, the parent's id
+    the page was requested for (its rows carry it)."""
 
     page: RawPage
     keep: list[int] | None = None
+    parent: str | None = None
 
     @property
     def size(self) -> int:

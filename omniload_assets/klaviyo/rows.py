@@ -112,8 +112,9 @@ class RowBuilder:
         self.spec = spec
         self.types = spec.column_types()
         self._attr_columns = {name: column_name(name) for name in spec.columns}
-        # Columns no undocumented attribute may write: the key and the relationship ids.
+        # Columns no undocumented attribute may write: the key, parent and member ids, relationship ids.
         self._reserved = {spec.primary_key} | {spec.relationship_column(r) for r in spec.relationships}
+        self._reserved |= {c for c in (spec.parent_column, spec.member_id_column) if c is not None}
         self._converters = {col: CONVERTERS[t] for col, t in self.types.items()}
         self.extra_columns: dict[str, str] = {}
 
@@ -215,6 +216,9 @@ class RowBuilder:
         """An Arrow table of a page's kept records: from its structs when the page fit them (see
         ``pages``), else by :meth:`table`. Same columns and values either way, except that JSON
         columns hold the JSON text as Klaviyo sent it. Thread-safe, like :meth:`table`."""
+        return self.with_parent(self._page_rows(batch), batch.parent)
+
+    def _page_rows(self, batch: PageBatch) -> pa.Table:
         table = batch.page.table
         if table is not None:  # built by a decode process (``decode_processes``)
             for col, duck_type in (batch.page.extra_columns or {}).items():
@@ -226,6 +230,23 @@ class RowBuilder:
             if table is not None:
                 return table
         return self.table(batch.records())
+
+    def with_parent(self, table: pa.Table, parent: str | None) -> pa.Table:
+        """A child table's rows with the id of the parent they were requested for in the parent
+        column; a membership's member id moved to its column and the key made
+        ``<parent id>:<member id>``. Other tables' rows (and rows without a parent: a decode
+        process's, completed by the run's process) are returned as they are."""
+        spec = self.spec
+        if spec.parent_column is None or parent is None:
+            return table
+        parents = pa.array([parent] * table.num_rows, pa.string(), memory_pool=ROWS_POOL)
+        table = _set_column(table, spec.parent_column, parents)
+        if spec.member_id_column is not None:
+            members = table.column(spec.primary_key).combine_chunks()
+            table = _set_column(table, spec.member_id_column, members)
+            keys = pc.binary_join_element_wise(parents, members, ":", memory_pool=ROWS_POOL)
+            table = _set_column(table, spec.primary_key, keys)
+        return table
 
     def _struct_table(self, resources: list[Any]) -> pa.Table | None:
         """Columns straight from the structs; None if a value does not convert (the caller then
@@ -341,6 +362,13 @@ def _rows_of(table: pa.Table, keep: list[int] | None) -> pa.Table:
     if keep[-1] - keep[0] == len(keep) - 1:  # ascending, as extraction makes them
         return table.slice(keep[0], len(keep))
     return table.take(pa.array(keep, pa.int64()))
+
+
+def _set_column(table: pa.Table, name: str, values: pa.Array) -> pa.Table:
+    """``table`` with its column ``name`` replaced by ``values`` (added if it has none)."""
+    index = table.schema.get_field_index(name)
+    field = pa.field(name, values.type)
+    return table.append_column(field, values) if index < 0 else table.set_column(index, field, values)
 
 
 def _struct_array(duck_type: str, values: list[Any]) -> pa.Array:

@@ -9,6 +9,8 @@ a type-handler hook that has to be stubbed through Dagster's private API.
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any, NamedTuple
 
 import dagster as dg
@@ -43,7 +45,8 @@ class KlaviyoDuckDBIOManager(dg.ConfigurableIOManager):
     """Writes each Klaviyo table to ``<schema>.<table>`` in DuckDB in one transaction and loads it back.
 
     Partitioned tables are upserted by primary key, never letting an older row overwrite a newer
-    one; the others are swapped whole. Either the new rows are all there or the table is as it was.
+    one, and carry ``_deleted_at`` (set by the deletion sweep, cleared by every merge of the id);
+    the others are swapped whole. Either the new rows are all there or the table is as it was.
     Downstream inputs get the table (or their partition's rows) as Arrow, pandas, polars or a
     DuckDB relation.
     """
@@ -105,6 +108,14 @@ class KlaviyoDuckDBIOManager(dg.ConfigurableIOManager):
         wait = self.lock_timeout_s if lock_timeout_s is None else lock_timeout_s
         return WarehouseReader(self.database, self.schema_name, wait, self.table_names)
 
+    @contextmanager
+    def connect_for_write(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        """A writable connection to the database with the IO manager's lock wait and memory limit."""
+        with open_database(
+            self.database, lock_timeout_s=self.lock_timeout_s, memory_limit=self._settings.memory_limit
+        ) as conn:
+            yield conn
+
     def _spec(self, context: dg.OutputContext | dg.InputContext) -> TableSpec:
         return get_table(context.asset_key.path[-1])
 
@@ -116,9 +127,7 @@ class KlaviyoDuckDBIOManager(dg.ConfigurableIOManager):
         spec = self._spec(context)
         run_id = context.run_id
         try:
-            with open_database(
-                self.database, lock_timeout_s=self.lock_timeout_s, memory_limit=self._settings.memory_limit
-            ) as conn:
+            with self.connect_for_write() as conn:
                 if spec.strategy == "replace":
                     result = replace_table(
                         conn,
@@ -188,6 +197,10 @@ class KlaviyoDuckDBIOManager(dg.ConfigurableIOManager):
             ),
             "preview": preview,
         }
+        if spec.strategy == "merge":
+            # Rows the deletion sweep had marked gone that this write brought back, and those still marked.
+            meta["rows_restored"] = result.restored
+            meta["rows_marked_deleted"] = result.marked_deleted
         if staged.window is not None:
             meta["window_start"] = staged.window.start.isoformat()
             meta["window_end"] = staged.window.end.isoformat()

@@ -1,12 +1,12 @@
 """Read-only questions to the warehouse, each written once: names, existence, columns, newest key, profile.
 
 Functions on a connection (:func:`table_exists`, :func:`table_columns`, :func:`table_comment`,
-:func:`newest_key`, :func:`profile_table`) serve the writer inside its transaction as well as the
-readers. :class:`WarehouseReader` asks them on a short read-only connection of its own, for the
-checks (:meth:`~WarehouseReader.profile`) and the change sensor
-(:meth:`~WarehouseReader.newest_keys`); a local database file that does not exist yet holds no
-tables, so it is not created. Tables are looked up in the connection's own catalog, with DuckDB's
-case-insensitive name matching.
+:func:`newest_key`, :func:`profile_table`, :func:`table_ids`, :func:`active_ids`) serve the writer
+inside its transaction as well as the readers. :class:`WarehouseReader` asks them on a short
+read-only connection of its own, for the checks (:meth:`~WarehouseReader.profile`) and the change
+sensor (:meth:`~WarehouseReader.newest_keys`); a local database file that does not exist yet holds
+no tables, so it is not created. Tables are looked up in the connection's own catalog, with
+DuckDB's case-insensitive name matching.
 """
 
 from __future__ import annotations
@@ -28,6 +28,8 @@ from omniload_assets.warehouse.connection import (
 )
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+#: The column that marks a merge table's row whose id Klaviyo no longer lists (NULL: present).
+DELETED_AT = "_deleted_at"
 #: Most duplicated keys a profile names.
 SAMPLE_IDS = 5
 #: Selects one table of the connection's catalog: parameters schema, table.
@@ -109,22 +111,27 @@ class TableProfile:
     extra_rows: int = 0  # rows beyond the first of each duplicated key
     duplicate_sample: tuple[str, ...] = ()
     newest: datetime | None = None
+    deleted: int = 0  # rows whose _deleted_at is set: gone from Klaviyo (merge tables)
 
 
 def profile_table(
     conn: duckdb.DuckDBPyConnection, schema: str, table: str, *, primary_key: str, newest_column: str
 ) -> TableProfile:
-    """Row, null-key and duplicate-key counts and the newest ``newest_column`` of ``schema.table``."""
-    if not table_exists(conn, schema, table):
+    """Row, null-key, duplicate-key and deleted-row counts and the newest ``newest_column`` of
+    ``schema.table``."""
+    columns = table_columns(conn, schema, table)
+    if columns is None:
         return TableProfile(exists=False)
     target = qualified_name(conn, schema, table)
     pk = quote_ident(primary_key)
+    has_deleted = DELETED_AT in {name.lower() for name, _ in columns}
+    deleted_sql = f"count({quote_ident(DELETED_AT)})" if has_deleted else "0"
     row = conn.execute(
-        f"SELECT count(*), count(*) - count({pk}), count(DISTINCT {pk}), {_newest_us(newest_column)} "
-        f"FROM {target}"
+        f"SELECT count(*), count(*) - count({pk}), count(DISTINCT {pk}), {_newest_us(newest_column)}, "
+        f"{deleted_sql} FROM {target}"
     ).fetchone()
     assert row is not None
-    rows, nulls, distinct, newest_us = row
+    rows, nulls, distinct, newest_us, deleted = row
     extra_rows = int(rows) - int(nulls) - int(distinct)
     dupes: list[tuple[str, int, int]] = []
     if extra_rows:  # a healthy table skips the grouping pass; one pass gives the sample and the count
@@ -141,6 +148,7 @@ def profile_table(
         extra_rows=extra_rows,
         duplicate_sample=tuple(str(r[0]) for r in dupes),
         newest=_from_us(newest_us),
+        deleted=int(deleted),
     )
 
 
@@ -200,3 +208,32 @@ class WarehouseReader:
                 primary_key=spec.primary_key,
                 newest_column=newest_column,
             )
+
+
+def table_ids(conn: duckdb.DuckDBPyConnection, schema: str, table: str, column: str = "id") -> set[str]:
+    """Every non-NULL ``column`` value of ``schema.table`` as text, deleted rows included; an empty
+    set when the table does not exist."""
+    if not table_exists(conn, schema, table):
+        return set()
+    rows = conn.execute(
+        f"SELECT DISTINCT CAST({quote_ident(column)} AS VARCHAR) FROM {qualified_name(conn, schema, table)} "
+        f"WHERE {quote_ident(column)} IS NOT NULL"
+    ).fetchall()
+    return {str(row[0]) for row in rows}
+
+
+def active_ids(conn: duckdb.DuckDBPyConnection, schema: str, table: str, column: str = "id") -> list[str]:
+    """The distinct non-NULL ``column`` values of ``schema.table`` not marked deleted, sorted as text.
+
+    Rows whose ``_deleted_at`` is set are left out when the table has that column (a table without
+    it has no deleted rows); [] when the table does not exist.
+    """
+    columns = table_columns(conn, schema, table)
+    if columns is None:
+        return []
+    live = f" AND {quote_ident(DELETED_AT)} IS NULL" if DELETED_AT in {n.lower() for n, _ in columns} else ""
+    rows = conn.execute(
+        f"SELECT DISTINCT CAST({quote_ident(column)} AS VARCHAR) AS id FROM "
+        f"{qualified_name(conn, schema, table)} WHERE {quote_ident(column)} IS NOT NULL{live} ORDER BY id"
+    ).fetchall()
+    return [str(row[0]) for row in rows]

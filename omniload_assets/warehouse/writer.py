@@ -9,7 +9,10 @@ Column rules shared by both:
 * The staged files are read with ``read_parquet([...], union_by_name=true)``; a file may lack
   columns (they load as NULL) or carry extra ones (they are kept, never dropped).
 * New tables get the columns ``primary_key``, then ``column_types`` in order, then extra columns
-  found in the files, then the load metadata ``_loaded_at TIMESTAMPTZ`` and ``_run_id VARCHAR``.
+  found in the files, then the load metadata ``_loaded_at TIMESTAMPTZ`` and ``_run_id VARCHAR``,
+  and, on merge tables only, ``_deleted_at TIMESTAMPTZ`` (added to an existing merge table that
+  lacks it): NULL while the id is in Klaviyo, set by the deletion sweep
+  (:mod:`omniload_assets.warehouse.deletions`) when it is gone, and cleared by every merge of the id.
   Extra columns take the type DuckDB reads from Parquet, except strings and all-null columns
   (``VARCHAR``) and nested values (``JSON``).
 * An existing column's type never drifts: incoming values are cast to the stored type. ``JSON``
@@ -46,6 +49,7 @@ import duckdb
 
 from omniload_assets.warehouse.connection import WarehouseError
 from omniload_assets.warehouse.reads import (
+    DELETED_AT,
     current_catalog,
     quote_ident,
     table_columns,
@@ -58,6 +62,13 @@ LOADED_AT = "_loaded_at"
 RUN_ID = "_run_id"
 #: Load metadata columns appended to every table.
 METADATA_COLUMNS: dict[str, str] = {LOADED_AT: "TIMESTAMP WITH TIME ZONE", RUN_ID: "VARCHAR"}
+#: The load metadata of merge tables: also when the deletion sweep found the id gone (NULL: present).
+MERGE_METADATA_COLUMNS: dict[str, str] = {**METADATA_COLUMNS, DELETED_AT: "TIMESTAMP WITH TIME ZONE"}
+#: What ``_deleted_at`` holds, for the column schema of the merge tables' assets.
+DELETED_AT_DESCRIPTION = (
+    "When the deletion sweep (klaviyo_deletion_sweep) found this id gone from Klaviyo; NULL while "
+    "Klaviyo lists it (cleared when it comes back). Filter on _deleted_at IS NULL for live records."
+)
 
 _NULL_TYPES = {'"NULL"', "NULL"}
 _INTEGER_TYPES = {
@@ -169,6 +180,8 @@ class WriteResult:
     skipped_stale: int  # existing keys kept because the stored row is newer
     table_rows: int  # rows in the target table after the write
     columns_added: list[str] = field(default_factory=list)
+    restored: int = 0  # rows marked deleted whose id the write brought back (mark cleared)
+    marked_deleted: int = 0  # rows of the table marked deleted after the write (merge tables)
 
 
 def merge_into(
@@ -191,13 +204,17 @@ def merge_into(
     counts as ``skipped_stale``. Columns the batch lacks are written as NULL on replaced rows.
     Creates the schema and table when missing and adds new columns (``columns_added`` lists the
     columns added to an already existing table). An empty ``files`` only creates the table.
+    Every merged id is present in Klaviyo: its ``_deleted_at`` is cleared, stale rows included
+    (``restored`` counts them).
 
     Raises ``ValueError`` (and writes nothing) if any staged row has a NULL primary key. With
     ``source`` (the Klaviyo table's name) the table's record is checked and kept (module docstring):
     :class:`TableOwnerError`, and nothing written, if it holds another source.
     """
-    loader = _Loader(conn, schema, table, files, primary_key, incremental_key, column_types, source)
-    with _unordered_inserts(conn), _transaction(conn):
+    loader = _Loader(
+        conn, schema, table, files, primary_key, incremental_key, column_types, source, MERGE_METADATA_COLUMNS
+    )
+    with _unordered_inserts(conn), transaction(conn):
         return loader.merge(run_id)
 
 
@@ -225,7 +242,7 @@ def replace_table(
     :class:`TableOwnerError` if ``source`` is given and the table holds another (see :func:`merge_into`).
     """
     loader = _Loader(conn, schema, table, files, primary_key, None, column_types, source)
-    with _unordered_inserts(conn), _transaction(conn):
+    with _unordered_inserts(conn), transaction(conn):
         return loader.replace(run_id)
 
 
@@ -234,7 +251,7 @@ def _literal(text: str) -> str:
 
 
 @contextmanager
-def _transaction(conn: duckdb.DuckDBPyConnection) -> Iterator[None]:
+def transaction(conn: duckdb.DuckDBPyConnection) -> Iterator[None]:
     """``BEGIN`` … ``COMMIT``; ``ROLLBACK`` and re-raise on any error (commit failures included)."""
     conn.execute("BEGIN TRANSACTION")
     try:
@@ -306,8 +323,11 @@ class _Loader:
         incremental_key: str | None,
         column_types: Mapping[str, str],
         source_table: str | None = None,
+        metadata: Mapping[str, str] = METADATA_COLUMNS,
     ) -> None:
         self.conn = conn
+        #: Columns the writer fills itself, appended after the data (lower-case names).
+        self.metadata = dict(metadata)
         self.source_table = source_table  # the Klaviyo table written, recorded on the target
         self.schema = schema
         self.table = table
@@ -356,7 +376,7 @@ class _Loader:
 
     def _canonical_types(self, column_types: Mapping[str, str]) -> dict[str, str]:
         """Declared types spelled as DuckDB reports them (``TIMESTAMPTZ`` -> ``TIMESTAMP WITH …``)."""
-        names = [n for n in column_types if n.lower() not in METADATA_COLUMNS]
+        names = [n for n in column_types if n.lower() not in self.metadata]
         if not names:
             return {}
         exprs = ", ".join(f"typeof(CAST(NULL AS {column_types[n]}))" for n in names)
@@ -391,7 +411,7 @@ class _Loader:
         return {
             str(name): str(type_name)
             for name, type_name, *_ in rows
-            if str(name).lower() not in METADATA_COLUMNS and str(name) != _FILENAME
+            if str(name).lower() not in self.metadata and str(name) != _FILENAME
         }
 
     def _plan(self, existing: list[tuple[str, str]] | None) -> tuple[list[_Column], list[str]]:
@@ -413,8 +433,8 @@ class _Loader:
             add(name, type_name)
         for name, type_name in self.source.items():
             add(name, _extra_type(type_name))
-        metadata = {name: columns.pop(name, None) for name in METADATA_COLUMNS}
-        for name, type_name in METADATA_COLUMNS.items():
+        metadata = {name: columns.pop(name, None) for name in self.metadata}
+        for name, type_name in self.metadata.items():
             columns[name] = metadata[name] or _Column(name, type_name)
         for name, type_name in self.source.items():
             col = columns[name.lower()]
@@ -547,7 +567,7 @@ class _Loader:
 
     def _stage_query(self, columns: list[_Column]) -> str:
         """The staged rows cast to the stored types and de-duplicated by primary key."""
-        data = [c for c in columns if c.name not in METADATA_COLUMNS]
+        data = [c for c in columns if c.name not in self.metadata]
         names = ", ".join(quote_ident(c.name) for c in data)
         if not self.files:
             nulls = ", ".join(f"CAST(NULL AS {c.type}) AS {quote_ident(c.name)}" for c in data)
@@ -612,13 +632,38 @@ class _Loader:
         if record is not None:
             self._set_comment(self.table, record)
         if not self.files:
-            return WriteResult(0, 0, 0, 0, self._count(f"SELECT count(*) FROM {self.target}"), added)
+            table_rows, marked = self._totals(columns)
+            return WriteResult(0, 0, 0, 0, table_rows, added, marked_deleted=marked)
+        return self._upsert(columns, added, run_id)
 
+    def _totals(self, columns: list[_Column]) -> tuple[int, int]:
+        """Rows of the table, and those marked deleted (0 without a ``_deleted_at`` column)."""
+        marked = next((c for c in columns if c.name.lower() == DELETED_AT), None)
+        counted = "0" if marked is None else f"count({quote_ident(marked.name)})"
+        row = self.conn.execute(f"SELECT count(*), {counted} FROM {self.target}").fetchone()
+        assert row is not None
+        return int(row[0]), int(row[1])
+
+    def _restore(self, columns: list[_Column], stage: str, pk: str) -> int:
+        """Clear ``_deleted_at`` of the stored rows whose id is staged (present in Klaviyo after all),
+        those the merge replaces and the stale ones it keeps; how many there were."""
+        marked = next((c for c in columns if c.name.lower() == DELETED_AT), None)
+        if marked is None:
+            return 0
+        column = quote_ident(marked.name)
+        return self._count(
+            f"UPDATE {self.target} AS t SET {column} = NULL WHERE t.{column} IS NOT NULL "
+            f"AND EXISTS (SELECT 1 FROM {stage} AS s WHERE s.{pk} = t.{pk})"
+        )
+
+    def _upsert(self, columns: list[_Column], added: list[str], run_id: str | None) -> WriteResult:
+        """Stage the batch, then replace the rows it updates and append its new keys."""
         stage = quote_ident(f"__omniload_stage_{uuid.uuid4().hex}")
         rows = self._count(f"CREATE TEMP TABLE {stage} AS {self._stage_query(columns)}")
-        data = [c for c in columns if c.name not in METADATA_COLUMNS]
+        data = [c for c in columns if c.name not in self.metadata]
         pk_name = self._column(columns, self.primary_key).name
         pk = quote_ident(pk_name)
+        restored = self._restore(columns, stage, pk)
         # DELETE the rows being replaced, then append every staged key not (or no longer) stored.
         # Not UPDATE: DuckDB keeps a transaction's updated values in memory (they cannot spill), so a
         # 1.5M-row update ran out of memory under a 300MB limit; measured 1M into 1M rows (half
@@ -641,9 +686,9 @@ class _Loader:
         updated = min(deleted, appended)  # a table with duplicate keys loses more rows than it gets
         inserted = appended - updated
         self.conn.execute(f"DROP TABLE {stage}")
-        table_rows = self._count(f"SELECT count(*) FROM {self.target}")
+        table_rows, marked = self._totals(columns)
         skipped = rows - appended
-        return WriteResult(rows, inserted, updated, skipped, table_rows, added)
+        return WriteResult(rows, inserted, updated, skipped, table_rows, added, restored, marked)
 
     def replace(self, run_id: str | None) -> WriteResult:
         """The body of :func:`replace_table`, inside the caller's transaction."""
@@ -661,7 +706,7 @@ class _Loader:
         self._create_table(new_name, columns)
         if record or comment:  # the swapped-in table keeps the record (and any comment) of the old one
             self._set_comment(new_name, record or comment or "")
-        data = [c for c in columns if c.name not in METADATA_COLUMNS]
+        data = [c for c in columns if c.name not in self.metadata]
         names = ", ".join(quote_ident(c.name) for c in data)
         rows = self._count(
             f"INSERT INTO {new_table} ({names}, {quote_ident(LOADED_AT)}, {quote_ident(RUN_ID)}) "

@@ -11,7 +11,7 @@ from urllib.parse import parse_qsl, urlsplit
 
 from omniload_assets.klaviyo.catalog import TableSpec
 
-from .document import Operation, attribute_schemas, deref, relationship_names
+from .document import Operation, attribute_schemas, deref, path_pattern, relationship_names
 
 #: Documented attributes the catalogue does not store as columns: ``(table, attribute)`` -> reason.
 IGNORED_ATTRIBUTES: dict[tuple[str, str], str] = {
@@ -95,7 +95,7 @@ def request_problems(op: Operation, url: str) -> list[str]:
     parts = urlsplit(url)
     problems: list[str] = []
     path = parts.path.rstrip("/")  # Klaviyo's own links.next end the path with a slash
-    if path != op.path:
+    if not path_pattern(op.path).fullmatch(path):
         problems.append(f"path {parts.path!r} is not {op.path}")
     pairs = parse_qsl(parts.query, keep_blank_values=True)
     names = [k for k, _ in pairs]
@@ -168,14 +168,22 @@ def duckdb_type(doc: dict[str, Any], schema: dict[str, Any]) -> str:
     return {"integer": "BIGINT", "number": "DOUBLE", "boolean": "BOOLEAN"}.get(kind or "", "JSON")
 
 
+def sparse_fieldset(spec: TableSpec) -> frozenset[str] | None:
+    """The attributes ``spec`` asks for with ``fields[<type>]`` (None: all of them)."""
+    fields = spec.params.get(f"fields[{spec.resource_type}]")
+    return None if fields is None else frozenset(fields.split(","))
+
+
 def column_problems(spec: TableSpec, doc: dict[str, Any]) -> list[str]:
-    """Where ``spec``'s columns and relationships disagree with the resource schema in ``doc``."""
+    """Where ``spec``'s columns and relationships disagree with the resource schema in ``doc``.
+    Attributes left out of the table's sparse fieldset need no column (they are not sent)."""
     attributes = attribute_schemas(doc, spec.name)
+    asked = sparse_fieldset(spec)
     problems: list[str] = []
     for name, schema in attributes.items():
         reason = IGNORED_ATTRIBUTES.get((spec.name, name))
         if name not in spec.columns:
-            if reason is None:
+            if reason is None and (asked is None or name in asked):
                 problems.append(f"{spec.name}: documented attribute {name!r} has no column")
             continue
         want = duckdb_type(doc, schema)
@@ -185,6 +193,8 @@ def column_problems(spec: TableSpec, doc: dict[str, Any]) -> list[str]:
     for name in spec.columns:
         if name not in attributes:
             problems.append(f"{spec.name}: column {name!r} is not a documented attribute")
+        elif asked is not None and name not in asked:
+            problems.append(f"{spec.name}: column {name!r} is left out of the sparse fieldset")
     documented = relationship_names(doc, spec.name)
     for rel in spec.relationships:
         if rel not in documented:

@@ -14,6 +14,7 @@ from omniload_assets.klaviyo.catalog import TABLES
 from omniload_assets.klaviyo.changes import ChangeProbe
 from omniload_assets.klaviyo.client import ClientStats, KlaviyoClient
 from omniload_assets.klaviyo.extraction import Extraction
+from omniload_assets.klaviyo.sweep import list_ids, sweepable
 from omniload_assets.klaviyo.windows import TimeWindow
 from omniload_assets_tests.conftest import SIM_END, SIM_START
 from omniload_assets_tests.records import RecordsDecoder, iter_records
@@ -30,7 +31,8 @@ MARK = datetime(2024, 1, 5, 12, tzinfo=UTC)
 class Exchange:
     """One request the product sent and what the simulator answered."""
 
-    #: What produced the request: ``listing``, ``window``, ``hand-over``, ``concurrent``, ``probe``.
+    #: What produced the request: ``listing``, ``window``, ``hand-over``, ``concurrent``, ``probe``,
+    #: ``sweep`` (the deletion sweep's listing of ids).
     source: str
     target: str
     status: int
@@ -77,7 +79,7 @@ def _document_present(doc: dict[str, Any]) -> None:
 
 @pytest.fixture(scope="session")
 def exchanges(doc: dict[str, Any]) -> list[Exchange]:
-    """Every request the product makes for the 15 tables, with the simulator's response (the
+    """Every request the product makes for the tables, with the simulator's response (the
     simulator is stopped before the tests read them: no thread of it outlives the fixture)."""
     recorded: list[Exchange] = []
     source = ["listing"]
@@ -92,7 +94,7 @@ def exchanges(doc: dict[str, Any]) -> list[Exchange]:
 
         sim._api.handle = recording  # type: ignore[method-assign]
         with KlaviyoClient(sim.api_key, base_url=sim.base_url, pace=False, max_retries=0) as client:
-            for spec in TABLES:
+            for spec in (t for t in TABLES if t.parent is None):
                 source[0] = "listing"
                 list(iter_records(client, spec, None))
                 if spec.partitioned:
@@ -119,4 +121,7 @@ def exchanges(doc: dict[str, Any]) -> list[Exchange]:
                 if spec.partitioned:
                     source[0] = "probe"
                     ChangeProbe(client).changes(spec, MARK)
+                if sweepable(spec):  # every table the deletion sweep can list, events included
+                    source[0] = "sweep"
+                    list_ids(client, spec)
     return recorded

@@ -8,6 +8,11 @@ holds the copies to the shared originals where those are present. Revision
 are read from ``endpoints.json`` (``rev_2026_10_15_delta``) and applied as an overlay on a copy of the
 document, so one code path checks every table. :data:`REVISION_CHECKED` says which revision each
 fact of each table comes from.
+
+The child tables (:data:`CHILD_TABLE_NAMES`, read per parent id from a path such as
+``/api/lists/{id}/profiles``) are checked against the document as published: ``endpoints.json``,
+hence the pinned revision's delta, covers the 15 listing tables only. Functions taking a table
+find its operation by the catalogue's path (:func:`path_of`).
 """
 
 from __future__ import annotations
@@ -25,6 +30,8 @@ from typing import Any
 from jsonschema import Draft202012Validator, FormatChecker
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
+
+from omniload_assets.klaviyo.catalog import TABLES, TABLES_BY_NAME
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 #: Where the originals are for developers and CI: ``../shared`` beside the repository.
@@ -55,6 +62,8 @@ TABLE_NAMES = (
     "forms",
     "templates",
 )
+#: Tables read per parent id: every fact of theirs is checked against the document as published.
+CHILD_TABLE_NAMES = tuple(t.name for t in TABLES if t.parent is not None)
 #: Tables whose pinned revision differs from the document (``rev_2026_10_15_delta``).
 DELTA_TABLES = frozenset({"campaigns", "coupons", "templates"})
 FACTS = ("path", "parameters", "filters", "sort", "page_size", "response", "attributes")
@@ -269,9 +278,21 @@ def view(table: str, pinned: bool = True) -> dict[str, Any]:
 # -- one operation ----------------------------------------------------------------------------------
 
 
+def path_of(table: str) -> str:
+    """The path of a table's list operation: the catalogue's (a template with ``{id}`` for a child
+    table), else ``/api/<table>``."""
+    spec = TABLES_BY_NAME.get(table)
+    return spec.path if spec is not None else f"/api/{table}"
+
+
+def path_pattern(path: str) -> re.Pattern[str]:
+    """A request path that ``path`` (``/api/lists/{id}/profiles``) matches: one segment per ``{id}``."""
+    return re.compile(re.escape(path).replace(re.escape("{id}"), "[^/]+"))
+
+
 def response_ref(doc: dict[str, Any], table: str) -> str:
-    """The ``$ref`` of ``GET /api/<table>``'s 200 response schema."""
-    op = doc["paths"][f"/api/{table}"]["get"]
+    """The ``$ref`` of the table's list operation's 200 response schema."""
+    op = doc["paths"][path_of(table)]["get"]
     return op["responses"]["200"]["content"]["application/vnd.api+json"]["schema"]["$ref"]
 
 
@@ -303,7 +324,8 @@ def relationship_names(doc: dict[str, Any], table: str) -> set[str]:
 
 @dataclass(frozen=True)
 class Operation:
-    """What the document says of ``GET /api/<table>``."""
+    """What the document says of a table's list operation (``GET /api/<table>``, or a child's
+    ``GET /api/<parent>/{id}/<children>``)."""
 
     table: str
     path: str
@@ -350,9 +372,9 @@ def _kind(spec: dict[str, Any] | None) -> str:
 
 
 def operation(table: str, doc: dict[str, Any] | None = None) -> Operation:
-    """``GET /api/<table>`` from ``doc`` (default: the table's pinned view)."""
+    """The table's list operation from ``doc`` (default: the table's pinned view)."""
     doc = doc if doc is not None else view(table)
-    path = f"/api/{table}"
+    path = path_of(table)
     op = doc["paths"][path]["get"]
     params = {p["name"]: p for p in (deref(doc, p) for p in op["parameters"]) if p.get("in") == "query"}
     allowed = parse_allowed_filters(params["filter"].get("description", "")) if "filter" in params else {}
@@ -375,6 +397,15 @@ DOCUMENT_ERRATA: dict[str, str] = {
         'nullable: Klaviyo sends "prev": null on the first page (klaviyo/klaviyo-api-python#6)'
     ),
 }
+#: Unions the document makes ``oneOf`` although a value can match several of their members: pointer
+#: -> why. Read as ``anyOf`` (still: the value must be one of them), applied where DOCUMENT_ERRATA is.
+ONE_OF_READ_AS_ANY_OF: dict[str, str] = {
+    "#/components/schemas/FlowMessageEncodedResponseObjectResource/properties/attributes/properties/"
+    "definition": (
+        "FlowEmail and FlowWhatsApp require no property, so every email (and SMS, push) message definition "
+        "matches two or more of the six members and no real one passes a oneOf"
+    ),
+}
 #: ``oneOf: [{type: number}, {type: integer}]`` (segment conditions' values) rejects every whole
 #: number, which is both; the generator meant "a number", so such a oneOf of bare primitive types is
 #: read as ``anyOf``.
@@ -385,6 +416,9 @@ def _with_errata(doc: dict[str, Any]) -> dict[str, Any]:
     doc = copy.deepcopy(doc)
     for ref in DOCUMENT_ERRATA:
         pointer(doc, ref)["nullable"] = True
+    for ref in ONE_OF_READ_AS_ANY_OF:
+        node = pointer(doc, ref)
+        node["anyOf"] = node.pop("oneOf")
     return doc
 
 
@@ -438,7 +472,8 @@ def _registry(pinned: bool, sparse: bool) -> Registry:
 
 @cache
 def response_validator(table: str, sparse: bool = False, pinned: bool = True) -> Draft202012Validator:
-    """A validator of ``GET /api/<table>``'s 200 body; ``sparse`` for a request with ``fields[...]``."""
+    """A validator of the table's list operation's 200 body; ``sparse`` for a request with
+    ``fields[...]``."""
     pinned = pinned and table in DELTA_TABLES
     ref = response_ref(view(table, pinned), table)
     return Draft202012Validator(

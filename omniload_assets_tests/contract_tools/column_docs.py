@@ -3,8 +3,9 @@
     python -m omniload_assets_tests.contract_tools.column_docs [SPEC] [--check]
 
 Descriptions come from Klaviyo's OpenAPI document (the attribute's ``description`` in the schema of
-the records the table's list operation returns). The id and relationship-id columns are described
-from the catalogue. Columns the document leaves undescribed, or does not have because they are new in
+the records the table's list operation returns). The id and relationship-id columns, and a child
+table's parent and member columns, are described from the catalogue.
+Columns the document leaves undescribed, or does not have because they are new in
 the pinned revision 2026-10-15, take a hand-written text from :data:`FALLBACK`; a column with neither
 fails the run, so a new column cannot ship without a description. ``--check`` compares instead of
 writing (exit status 1 on a difference).
@@ -19,7 +20,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from omniload_assets.klaviyo.catalog import TABLES, TableSpec
+from omniload_assets.klaviyo.catalog import TABLES, TableSpec, get_table
 from omniload_assets_tests.contract_tools import openapi
 
 OUTPUT = openapi.REPO_ROOT / "omniload_assets" / "klaviyo" / "column_docs.json"
@@ -57,6 +58,17 @@ FALLBACK: dict[tuple[str, str], str] = {
     ("segments", "definition"): "The segment's conditions: groups of conditions a member profile meets.",
     ("segments", "is_processing"): "Whether Klaviyo is still computing the segment's members.",
     ("segments", "is_starred"): "Whether the segment is starred in Klaviyo.",
+    ("campaign-messages", "definition"): (
+        "The message's definition: its channel (email, SMS or mobile push), label and content "
+        "(subject, body, sender and the like, per channel)."
+    ),
+    ("flow-actions", "created"): "Date and time when the flow action was created, in ISO 8601 format.",
+    ("flow-actions", "updated"): "Date and time when the flow action was last updated, in ISO 8601 format.",
+    ("flow-messages", "channel"): "The channel the flow message is sent on, e.g. email or sms.",
+    ("flow-messages", "created"): "Date and time when the flow message was created, in ISO 8601 format.",
+    ("flow-messages", "updated"): (
+        "Date and time when the flow message was last updated, in ISO 8601 format."
+    ),
 }
 
 _MARKUP = re.compile(r"<br\s*/?>|\s+")
@@ -75,15 +87,34 @@ def _type_label(doc: dict[str, Any], relationship: str, schema: dict[str, Any]) 
     return enum[0] if enum else relationship
 
 
-def table_docs(doc: dict[str, Any], spec: TableSpec) -> dict[str, str]:
-    """Column -> description of one table, every column of :meth:`TableSpec.column_types`."""
-    attributes, relationships = openapi.resource(doc, spec)
+def _key_docs(doc: dict[str, Any], spec: TableSpec) -> dict[str, str]:
+    """The key column's description and, for a child table, its parent and member columns'."""
     id_text = one_line(openapi.resource_id(doc, spec).get("description") or "")
+    docs: dict[str, str] = {}
+    if spec.parent is not None:
+        parent = get_table(spec.parent).resource_type
+        if spec.member_id_column is not None:
+            id_text = (
+                f"Primary key: <{spec.parent_column}>:<{spec.member_id_column}>, one row per membership "
+                f"(a {spec.resource_type} can be a member of several {spec.parent})."
+            )
+            docs[spec.member_id_column] = f"ID of the member {spec.resource_type}."
+            docs[spec.parent_column or ""] = f"ID of the {parent} the {spec.resource_type} is a member of."
+        else:
+            docs[spec.parent_column or ""] = (
+                f"ID of the {parent} this {spec.resource_type} belongs to (the {parent} it was read for)."
+            )
     if not id_text:
         id_text = f"Primary key: the {spec.resource_type}'s Klaviyo ID."
     elif not id_text.lower().startswith("primary key"):
         id_text = f"Primary key. {id_text}"
-    docs = {spec.primary_key: id_text}
+    return {spec.primary_key: id_text, **docs}
+
+
+def table_docs(doc: dict[str, Any], spec: TableSpec) -> dict[str, str]:
+    """Column -> description of one table, every column of :meth:`TableSpec.column_types`."""
+    attributes, relationships = openapi.resource(doc, spec)
+    docs = _key_docs(doc, spec)
     missing = []
     for column in spec.columns:
         text = one_line(attributes.get(column, {}).get("description") or "")
@@ -97,6 +128,8 @@ def table_docs(doc: dict[str, Any], spec: TableSpec) -> dict[str, str]:
         )
     for rel, cardinality in spec.relationships.items():
         target = _type_label(doc, rel, relationships.get(rel, {}))
+        if spec.relationship_column(rel) == spec.parent_column:
+            continue  # described above
         if cardinality == "one":
             docs[spec.relationship_column(rel)] = (
                 f"ID of the {target} this {spec.resource_type} belongs to (relationships.{rel}.data.id)."

@@ -2,6 +2,7 @@
 
 from .api import Stats
 from .endpoints import ALL_SCOPES, ENDPOINTS, REVISION
+from .nested import ALL_ENDPOINTS, NESTED
 from .simulator import KlaviyoSimulator
 
-__all__ = ["ALL_SCOPES", "ENDPOINTS", "REVISION", "KlaviyoSimulator", "Stats"]
+__all__ = ["ALL_ENDPOINTS", "ALL_SCOPES", "ENDPOINTS", "NESTED", "REVISION", "KlaviyoSimulator", "Stats"]

@@ -16,10 +16,11 @@ import orjson
 from . import filters as flt
 from .data import API
 from .dataset import Dataset, shape
-from .endpoints import ENDPOINTS, EQ, PREDICTIVE_TIER, Endpoint, Tier, endpoint_for_path
+from .endpoints import ENDPOINTS, EQ, PREDICTIVE_TIER, Endpoint, Tier
 from .faults import Fault, FaultInjector
+from .nested import route
 from .ratelimit import RateLimiter
-from .store import Cursor, Getter, Key, Page, Record, Scan, fingerprint, paginate
+from .store import Cursor, Getter, Key, Page, Record, Scan, TableStore, fingerprint, paginate
 
 if TYPE_CHECKING:
     from .simulator import KlaviyoSimulator
@@ -157,6 +158,13 @@ class Query:
     additional: list[str]
     #: Events served from :meth:`EventStore.serialized` (no per-record filter, shape or include).
     serialized: bool = False
+    #: The parent's id of a request to a nested endpoint (``/api/lists/{id}/profiles``).
+    parent_id: str | None = None
+
+    @property
+    def path(self) -> str:
+        """The request's path (a nested endpoint's with its parent's id)."""
+        return self.ep.path_for(self.parent_id)
 
 
 #: Greater than any record id: a sort key ``((3, us), MAX_ID)`` follows every record at ``us``.
@@ -208,7 +216,7 @@ class Api:
         """Answer one request."""
         split = urlsplit(target)
         path = split.path
-        ep = endpoint_for_path(path)
+        ep, parent_id = route(path) or (None, None)
         self._count("requests", ep.path if ep else path)
         try:
             if ep is None:
@@ -217,13 +225,13 @@ class Api:
                 raise ApiError(
                     405, "method_not_allowed", "Method not allowed.", f"Method {method!r} not allowed."
                 )
-            fault = self.faults.pick(ep.path)
+            fault = self.faults.pick(ep.path, ep.path_for(parent_id))
             if fault is not None:
                 self._count("faults", fault.kind)
                 early = self._early_fault(fault)
                 if early is not None:
                     return self._finish(early, ep, split.query, headers)
-            response = self._serve(ep, split.query, target, headers, fault)
+            response = self._serve(ep, parent_id, split.query, target, headers, fault)
         except ApiError as exc:
             response = Response(
                 exc.status, error_body(exc.status, exc.code, exc.title, exc.detail, exc.parameter)
@@ -273,6 +281,7 @@ class Api:
     def _serve(
         self,
         ep: Endpoint,
+        parent_id: str | None,
         query: str,
         target: str,
         headers: Mapping[str, str],
@@ -300,12 +309,13 @@ class Api:
                 f"Invalid revision {revision!r}: this simulator serves revision {sim.revision}.",
                 "revision",
             )
-        if ep.scope not in sim.scopes:
+        missing = [scope for scope in ep.scopes if scope not in sim.scopes]
+        if missing:
             raise ApiError(
                 403,
                 "permission_denied",
                 "You do not have permission to perform this action.",
-                f"This API key is missing required scopes: {ep.scope}",
+                f"This API key is missing required scopes: {', '.join(missing)}",
             )
         pairs = parse_qsl(query, keep_blank_values=True)
         rate_headers: dict[str, str] = {}
@@ -318,6 +328,7 @@ class Api:
                 return Response(429, throttled_body(decision.retry_after), {"Retry-After": retry})
             rate_headers = RateLimiter.headers(decision)
         q = self._parse(ep, pairs)
+        q.parent_id = parent_id
         with self.data.lock:
             page = self._page(q)
             body = self._document(q, page, target, fault)
@@ -328,7 +339,7 @@ class Api:
 
     def _tier(self, ep: Endpoint, pairs: list[tuple[str, str]]) -> Tier:
         """The limits a request counts against (profiles with predictive analytics have lower ones)."""
-        predictive = ep.table == "profiles" and any(
+        predictive = ep.table in ("profiles", "list-profiles") and any(
             k == "additional-fields[profile]" and "predictive_analytics" in v.split(",") for k, v in pairs
         )
         return self.tier_overrides.get(ep.table) or (PREDICTIVE_TIER if predictive else ep.tier)
@@ -347,7 +358,7 @@ class Api:
     # -- parameters ---------------------------------------------------------------------
     def _parse(self, ep: Endpoint, pairs: list[tuple[str, str]]) -> Query:
         params: dict[str, str] = {}
-        allowed = {"page[cursor]"}
+        allowed = {"page[cursor]"} if ep.paginated else set()
         if ep.filters:
             allowed.add("filter")
         if ep.sorts:
@@ -409,7 +420,7 @@ class Api:
         if fields_key in params:
             fields = [f for f in params[fields_key].split(",") if f]
             for name in fields:
-                if name.split(".")[0] not in ep.attributes:
+                if name != "id" and name.split(".")[0] not in ep.attributes:
                     raise bad_request(
                         f"'{name}' is not a valid field for the resource '{ep.resource_type}'.", fields_key
                     )
@@ -461,12 +472,26 @@ class Api:
                 as_dt = q.sort_field in ep.datetime_attributes or (
                     spec is not None and spec.kind == "datetime"
                 )
-            scan = self.data.scanner(ep, sort_path, as_dt, (None, None))
+            scan = self._scanner(q, sort_path, as_dt)
             if as_dt:
                 lo, hi = flt.sort_bounds(q.exprs, ep, sort_path)
                 if lo is not None or hi is not None:
                     scan = narrowed(scan, lo, hi)
         return paginate(scan, predicate, not q.descending, q.size, q.cursor)
+
+    def _scanner(self, q: Query, sort_path: str, as_datetime: bool) -> Scan:
+        """A scan over a table, or over one parent's children (404 when there is no such parent)."""
+        if q.ep.parent is None:
+            return self.data.scanner(q.ep, sort_path, as_datetime, (None, None))
+        items = self.data.child_items(q.ep.table, str(q.parent_id))
+        if items is None:
+            kind = q.ep.parent.removesuffix("s").replace("-", " ")
+            detail = f"A {kind} with id {q.parent_id!r} does not exist."
+            raise ApiError(404, "not_found", "Not found.", detail)
+        store = TableStore()
+        for record, meta in items:
+            store.put(record, meta)
+        return store.scanner(sort_path, as_datetime)
 
     def _document(self, q: Query, page: Page, target: str, fault: Fault | None) -> bytes:
         base = self.sim.link_base or self.sim.base_url
@@ -484,7 +509,7 @@ class Api:
             pairs = [(k, v) for k, v in q.pairs if k != "page[cursor]"]
             pairs.append(("page[cursor]", cursor.encode()))
             encoded = "&".join(f"{quote(k, safe='')}={quote(v, safe='(),:')}" for k, v in pairs)
-            return f"{base}{ep.path}/?{encoded}"
+            return f"{base}{q.path}/?{encoded}"
 
         self_link = base + target
         next_link = link(None if page.next_key is None else Cursor("n", page.next_key, query_print))
@@ -511,7 +536,14 @@ class Api:
                 return [value]
             return [v for v in value if isinstance(v, dict)] if isinstance(value, list) else []
 
-        table_of = {"metric": "metrics", "profile": "profiles", "tag": "tags"}
+        table_of = {
+            "metric": "metrics",
+            "profile": "profiles",
+            "tag": "tags",
+            "campaign": "campaigns",
+            "template": "templates",
+            "image": "images",
+        }
         for record in records:
             for name in q.includes:
                 if name == "campaign-messages":

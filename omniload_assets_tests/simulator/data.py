@@ -343,11 +343,14 @@ class Factory:
             content = {"body": f"{theme}: shop now {{{{ organization.url }}}}", "media_url": None}
         else:
             content = {"title": str(theme), "body": "Tap to see what's new", "dynamic_image": None}
+        message_definition: Record = {"channel": channel, "label": name, "content": content}
+        if channel == "mobile_push":
+            message_definition["notification_type"] = "standard"
         message = {
             "type": "campaign-message",
             "id": msg_id,
             "attributes": {
-                "definition": {"channel": channel, "label": name, "content": content},
+                "definition": message_definition,
                 "send_times": [],
                 "created_at": self.stamp(created),
                 "updated_at": self.stamp(updated),
@@ -588,8 +591,12 @@ class Factory:
         }
         return Built(record)
 
+    def image_id(self, j: int) -> str:
+        """The id of image ``j`` (without building the image)."""
+        return str(40_000_000 + j * 97 + self.draws("images", j).below(97))
+
     def _images(self, j: int, d: Draws, at_us: int | None) -> Built:
-        iid = str(40_000_000 + j * 97 + d.below(97))
+        iid = str(40_000_000 + j * 97 + d.below(97))  # as image_id(j): the stream's first draw
         fmt = str(d.pick(("png", "jpeg", "jpeg", "gif")))
         name = f"{d.pick(vocab.IMAGE_WORDS)}-{j + 1}.{'jpg' if fmt == 'jpeg' else fmt}"
         updated = self._key(d, j, at_us)

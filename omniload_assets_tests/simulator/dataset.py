@@ -10,9 +10,12 @@ from typing import Any
 
 import orjson
 
-from .data import DEFAULT_COUNTS, Factory
+from .data import DEFAULT_COUNTS, Built, Factory
 from .endpoints import Endpoint, endpoint
 from .events import EventStore
+from .family import CHILD_LIMITS, Family
+from .nested import MEMBER_TABLES, NESTED, nested
+from .relations import Relations
 from .store import Getter, Key, Record, Scan, TableStore, gc_paused
 from .timeutil import US, iso, to_us, value_us
 
@@ -34,6 +37,11 @@ TOUCH: dict[str, str] = {
     "forms": "name",
     "templates": "html",
 }
+
+
+def is_nested(table: str) -> bool:
+    """True for a nested (child) table name: ``flow-actions``, ``list_profiles``..."""
+    return table.replace("_", "-") in NESTED
 
 
 def copy_json(value: Any) -> Any:
@@ -79,16 +87,25 @@ class Dataset:
         scale: dict[str, int] | None = None,
     ) -> None:
         counts = dict(DEFAULT_COUNTS)
+        limits = dict(CHILD_LIMITS)
         for table, count in (scale or {}).items():
-            counts[endpoint(table).table] = int(count)
+            name = table.replace("_", "-")
+            if name in limits:
+                limits[name] = int(count)
+            else:
+                counts[endpoint(table).table] = int(count)
         self.seed = seed
         self.counts = counts
+        #: Most children a parent gets (members of a list, actions of a flow...).
+        self.limits = limits
         self.start_us = to_us(start)
         self.end_us = to_us(end)
         if self.end_us <= self.start_us:
             raise ValueError("end must be after start")
         self.lock = threading.RLock()
         self.factory = Factory(seed, self.start_us, self.end_us, counts)
+        self.family = Family(self.factory, limits)
+        self.relations = Relations(self.table, self.end_us)
         self._tables: dict[str, TableStore] = {}
         self._added: dict[str, int] = {}
         self._mutations: dict[str, int] = {}
@@ -105,10 +122,14 @@ class Dataset:
                 store = TableStore()
                 with gc_paused():
                     for j in range(self.counts[name]):
-                        built = self.factory.build(name, j)
+                        built = self._build(name, j)
                         store.put(built.record, built.meta)
                 self._tables[name] = store
             return store
+
+    def _build(self, table: str, j: int, at_us: int | None = None) -> Built:
+        """Record ``j`` of ``table`` with its children (members, messages, actions)."""
+        return self.family.attach(table, j, self.factory.build(table, j, at_us))
 
     def scanner(
         self,
@@ -157,11 +178,14 @@ class Dataset:
 
     # -- ground truth -------------------------------------------------------------------
     def records(self, table: str, additional_fields: Collection[str] = ()) -> list[Record]:
-        """Deep copies of every current record, as served without sparse fieldsets."""
-        if table == "campaign-messages":
+        """Deep copies of every current record, as served without sparse fieldsets (child
+        tables too: ``campaign-messages``, ``flow-actions``, ``flow-messages``)."""
+        if is_nested(table):
+            ep = nested(table)
             with self.lock:
-                meta = self.table("campaigns").meta
-                return copy_json([m for rid in meta for m in meta[rid].get("messages", [])])
+                return [
+                    copy_json(shape(r, ep, additional_fields, None)) for r in self.relations.records(table)
+                ]
         ep = endpoint(table)
         with self.lock:
             if ep.table == "events":
@@ -171,7 +195,14 @@ class Dataset:
             return [copy_json(shape(r, ep, additional_fields, None)) for r in items]
 
     def ids(self, table: str, start: datetime | None = None, end: datetime | None = None) -> set[str]:
-        """Ids whose incremental key lies in ``[start, end)``; all ids for keyless tables."""
+        """Ids whose incremental key lies in ``[start, end)``; all ids for keyless tables and
+        nested ones (a membership's id is ``<list or segment id>:<profile id>``, as the warehouse
+        keys it)."""
+        if is_nested(table):
+            name = nested(table).table
+            if name in MEMBER_TABLES:
+                return {f"{p}:{m}" for p, m in self.members(MEMBER_TABLES[name])}
+            return {child for _, child in self.children(name)}
         ep = endpoint(table)
         lo = None if start is None else to_us(start)
         hi = None if end is None else to_us(end)
@@ -235,7 +266,7 @@ class Dataset:
                     continue
                 j = self.counts[ep.table] + self._added.get(ep.table, 0)
                 self._added[ep.table] = self._added.get(ep.table, 0) + 1
-                built = self.factory.build(ep.table, j, key_us)
+                built = self._build(ep.table, j, key_us)
                 self.table(ep.table).put(built.record, built.meta)
                 new.append(str(built.record["id"]))
             return {"updated": changed, "added": new}
@@ -265,7 +296,18 @@ class Dataset:
         return changed
 
     def add_record(self, table: str, record: Record, meta: dict[str, Any] | None = None) -> None:
-        """Add (or replace, by id) a whole resource object, whatever its attributes hold."""
+        """Add (or replace, by id) a whole resource object, whatever its attributes hold; a
+        child record goes under the parent its relationship names."""
+        if is_nested(table):
+            ep = nested(table)
+            record = copy_json(record)
+            if "id" not in record:
+                raise ValueError("a record needs an id")
+            record.setdefault("type", ep.resource_type)
+            record.setdefault("attributes", {})
+            with self.lock:
+                self.relations.put(ep.table, record)
+            return
         ep = endpoint(table)
         record = copy_json(record)
         if "id" not in record:
@@ -280,6 +322,10 @@ class Dataset:
 
     def set_attribute(self, table: str, rid: str, name: str, value: Any) -> None:
         """Set ``attributes[name]`` of a record to any JSON value (schema drift)."""
+        if is_nested(table):
+            with self.lock:
+                self.relations.set_attribute(table, rid, name, value)
+            return
         ep = endpoint(table)
         with self.lock:
             current = self.get(ep.table, rid)
@@ -293,9 +339,45 @@ class Dataset:
                 self.table(ep.table).put(record)
 
     def delete_record(self, table: str, rid: str) -> bool:
-        """Remove a record (a hard delete upstream); False if there was none."""
+        """Remove a record (a hard delete upstream); False if there was none. Its children go
+        with it, and a deleted profile leaves every list and segment."""
+        if is_nested(table):
+            with self.lock:
+                return self.relations.delete(table, rid)
         ep = endpoint(table)
         with self.lock:
             if ep.table == "events":
                 return self.events.delete(rid)
-            return self.table(ep.table).delete(rid)
+            deleted = self.table(ep.table).delete(rid)
+            if deleted and ep.table == "profiles":
+                self.relations.drop_profile(rid)
+            return deleted
+
+    # -- memberships and children ---------------------------------------------------------
+    def members(self, kind: str) -> set[tuple[str, str]]:
+        """Every ``(list or segment id, profile id)`` of ``kind`` (``lists`` or ``segments``)."""
+        with self.lock:
+            return self.relations.members(kind)
+
+    def add_member(self, kind: str, parent_id: str, profile_id: str, joined_at: datetime | None) -> None:
+        """Put a profile on a list or segment, joined at ``joined_at`` (default: ``end``; an
+        existing member keeps its join time unless one is given)."""
+        with self.lock:
+            self.relations.add_member(
+                kind, parent_id, profile_id, None if joined_at is None else to_us(joined_at)
+            )
+
+    def remove_member(self, kind: str, parent_id: str, profile_id: str) -> bool:
+        """Take a profile off a list or segment; False if it was not on it."""
+        with self.lock:
+            return self.relations.remove_member(kind, parent_id, profile_id)
+
+    def children(self, table: str) -> set[tuple[str, str]]:
+        """Every ``(parent id, child id)`` of ``campaign-messages``, ``flow-actions`` or ``flow-messages``."""
+        with self.lock:
+            return self.relations.children(table)
+
+    def child_items(self, table: str, parent_id: str) -> list[tuple[Record, dict[str, Any]]] | None:
+        """What a nested endpoint lists for one parent (not copies); None if there is no such parent."""
+        with self.lock:
+            return self.relations.items(table, parent_id)

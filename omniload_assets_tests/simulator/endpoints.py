@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Literal
+from urllib.parse import quote
 
 REVISION = "2026-10-15"
 
@@ -81,10 +82,29 @@ class Endpoint:
     hides_archived: bool = False
     #: Page length when the endpoint takes no ``page[size]``.
     fixed_page: int = 0
+    #: Scopes needed besides ``scope`` (a list's members need ``profiles:read`` too).
+    extra_scopes: tuple[str, ...] = ()
+    #: A nested endpoint's parent table and path segment: ``GET /api/<parent>/{id}/<segment>``.
+    parent: str | None = None
+    segment: str | None = None
+    #: False when the endpoint serves everything on one page and takes no ``page[cursor]``.
+    paginated: bool = True
 
     @property
     def path(self) -> str:
+        """``/api/<table>``, or a nested endpoint's template ``/api/lists/{id}/profiles``."""
+        if self.parent is not None:
+            return f"/api/{self.parent}/{{id}}/{self.segment}"
         return f"/api/{self.table}"
+
+    def path_for(self, parent_id: str | None) -> str:
+        """The path of one request: the template filled with the parent's id."""
+        return self.path if parent_id is None else self.path.replace("{id}", quote(parent_id, safe=""))
+
+    @property
+    def scopes(self) -> tuple[str, ...]:
+        """Every scope a request needs."""
+        return (self.scope, *self.extra_scopes)
 
     @property
     def page_length_default(self) -> int:

@@ -51,11 +51,12 @@ class FaultInjector:
         with self._lock:
             self._faults.clear()
 
-    def pick(self, path: str) -> Fault | None:
-        """The fault to inject on a request for ``path`` (``/api/events``), or None."""
+    def pick(self, path: str, concrete: str | None = None) -> Fault | None:
+        """The fault to inject on a request for ``path`` (``/api/events``, or a nested endpoint's
+        template ``/api/lists/{id}/profiles`` with the ``concrete`` path requested), or None."""
         with self._lock:
             for fault in self._faults:
-                if fault.path is not None and fault.path != path:
+                if fault.path is not None and fault.path not in (path, concrete):
                     continue
                 if fault.count is not None and fault.count <= 0:
                     continue

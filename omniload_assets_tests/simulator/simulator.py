@@ -11,8 +11,9 @@ from typing import Any
 
 from .api import Api, Stats
 from .dataset import Dataset
-from .endpoints import ALL_SCOPES, ENDPOINTS, REVISION, Tier, endpoint
+from .endpoints import ALL_SCOPES, ENDPOINTS, REVISION, Tier
 from .faults import Fault
+from .nested import NESTED, any_endpoint
 from .server import SimulatorServer
 
 DEFAULT_START = datetime(2024, 1, 1, tzinfo=UTC)
@@ -22,7 +23,9 @@ DEFAULT_END = datetime(2024, 2, 1, tzinfo=UTC)
 class KlaviyoSimulator:
     """A faithful local stand-in for Klaviyo's REST API (revision 2026-10-15), over real HTTP.
 
-    ``scale`` maps table names to record counts (``{"events": 1_000_000, "profiles": 50_000}``);
+    ``scale`` maps table names to record counts (``{"events": 1_000_000, "profiles": 50_000}``)
+    and child tables to the most children of one parent (``{"list-profiles": 5_000}``, default
+    250 members a list or segment, 2 messages a campaign, 5 actions a flow, 2 messages an action);
     ``latency`` is False, True or a multiplier of realistic serving time (``latency_model``, seconds
     a request plus seconds a record, replaces the default 0.02 s + 0.38 ms a record); ``clock`` (seconds, like
     ``time.time``) drives the rate-limit windows. ``scopes`` and ``api_key`` may be reassigned
@@ -141,14 +144,29 @@ class KlaviyoSimulator:
 
         Shaped as a request without sparse fieldsets would get them: attributes behind
         ``additional-fields`` (profiles' subscriptions / predictive_analytics, templates'
-        definition) only when named in ``additional_fields``. ``"campaign-messages"`` gives the
-        campaigns' messages. For events at scale this builds every event: mind the memory.
+        definition) only when named in ``additional_fields``. ``"campaign-messages"``,
+        ``"flow-actions"`` and ``"flow-messages"`` give every parent's children;
+        ``"list-profiles"`` and ``"segment-profiles"`` the members as served (a profile with
+        ``joined_group_at``), once for each list or segment. For events at scale this builds every
+        event: mind the memory.
         """
         return self._data.records(table, additional_fields)
 
     def ids(self, table: str, start: datetime | None = None, end: datetime | None = None) -> set[str]:
-        """Ids whose incremental key lies in ``[start, end)``; tables without one give all ids."""
+        """Ids whose incremental key lies in ``[start, end)``; tables without one give all ids, as
+        do nested tables (``list-profiles`` and ``segment-profiles``: ``<parent id>:<profile id>``,
+        the key of a membership row)."""
         return self._data.ids(table, start, end)
+
+    def members(self, kind: str) -> set[tuple[str, str]]:
+        """Every membership now: ``(list id, profile id)`` for ``kind`` ``"lists"``, ``(segment id,
+        profile id)`` for ``"segments"``."""
+        return self._data.members(kind)
+
+    def children(self, table: str) -> set[tuple[str, str]]:
+        """Every ``(parent id, child id)`` now of ``"campaign-messages"`` (campaign, message),
+        ``"flow-actions"`` (flow, action) or ``"flow-messages"`` (action, message)."""
+        return self._data.children(table)
 
     def campaign_channels(self) -> dict[str, str]:
         """Campaign id -> channel (``email``, ``sms``, ``mobile_push``)."""
@@ -164,7 +182,8 @@ class KlaviyoSimulator:
         return self._data.mutate(table, updated, added, at)
 
     def add_record(self, table: str, record: dict[str, Any]) -> None:
-        """Add or replace (by id) a resource object; attributes may hold anything (drift)."""
+        """Add or replace (by id) a resource object; attributes may hold anything (drift). A child
+        (``flow-actions``...) goes under the parent its relationship (``flow``...) names."""
         self._data.add_record(table, record)
 
     def set_attribute(self, table: str, id: str, name: str, value: Any) -> None:  # noqa: A002
@@ -172,8 +191,22 @@ class KlaviyoSimulator:
         self._data.set_attribute(table, id, name, value)
 
     def delete_record(self, table: str, id: str) -> bool:  # noqa: A002
-        """Remove a record, as a hard delete upstream would."""
+        """Remove a record, as a hard delete upstream would: a list or segment with its
+        memberships, a campaign with its messages, a flow with its actions, an action with its
+        messages; a deleted profile leaves every list and segment."""
         return self._data.delete_record(table, id)
+
+    def add_member(
+        self, kind: str, parent_id: str, profile_id: str, joined_at: datetime | None = None
+    ) -> None:
+        """Put profile ``profile_id`` on list (``kind="lists"``) or segment (``"segments"``)
+        ``parent_id``, joined at ``joined_at`` (default: the simulated ``end``; an existing member
+        keeps its join time unless one is given). Unknown ids raise ``KeyError``."""
+        self._data.add_member(kind, parent_id, profile_id, joined_at)
+
+    def remove_member(self, kind: str, parent_id: str, profile_id: str) -> bool:
+        """Take a profile off a list or segment; False if it was not on it."""
+        return self._data.remove_member(kind, parent_id, profile_id)
 
     # -- faults, limits, stats ----------------------------------------------------------
     def set_fault(
@@ -193,11 +226,12 @@ class KlaviyoSimulator:
         ``malformed`` JSON), ``repeat_cursor`` (``links.next`` = this page again).
 
         ``rate``: probability per matching request (seeded); ``count``: only the next N matching
-        requests; ``path``: only that endpoint (``/api/events`` or ``events``); ``after``: let that
-        many matching requests through first (a fault mid-run).
+        requests; ``path``: only that endpoint (``/api/events`` or ``events``; a nested one by name,
+        template ``/api/lists/{id}/profiles`` or one parent's path ``/api/lists/Y6nRLr/profiles``);
+        ``after``: let that many matching requests through first (a fault mid-run).
         """
         if path is not None and not path.startswith("/"):
-            path = endpoint(path).path
+            path = any_endpoint(path).path
         elif path is not None:
             path = path.rstrip("/")
         self._api.faults.add(Fault(kind, rate, count, path, retry_after, seconds, malformed, after))
@@ -207,8 +241,8 @@ class KlaviyoSimulator:
         self._api.faults.clear()
 
     def set_rate_limit(self, table: str, burst: int, steady: int) -> None:
-        """Override one endpoint's limits (per second / per minute)."""
-        self._api.tier_overrides[endpoint(table).table] = Tier("custom", burst, steady)
+        """Override one endpoint's limits (per second / per minute), nested ones included."""
+        self._api.tier_overrides[any_endpoint(table).table] = Tier("custom", burst, steady)
 
     def reset_rate_limits(self) -> None:
         """Drop overrides and forget the requests counted so far."""
@@ -231,3 +265,9 @@ class KlaviyoSimulator:
     def tables() -> list[str]:
         """The 15 table names."""
         return list(ENDPOINTS)
+
+    @staticmethod
+    def nested_tables() -> list[str]:
+        """The 5 nested (child) tables: ``list-profiles``, ``segment-profiles``,
+        ``campaign-messages``, ``flow-actions``, ``flow-messages``."""
+        return list(NESTED)
