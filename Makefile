@@ -13,7 +13,7 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $@
 
-demo: install  ## materialize all 15 tables from the bundled Klaviyo simulator into demo.duckdb
+demo: install  ## materialize all 20 tables from the bundled Klaviyo simulator into demo.duckdb
 	$(BIN)/python -m omniload_assets_tests.demo
 
 test: install  ## the whole test suite, lint included
