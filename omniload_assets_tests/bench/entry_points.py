@@ -281,7 +281,7 @@ class Bench:
         names = [(s, f"klaviyo.{s.asset_name}") for s in specs]
         rows, checked = check(self.sim, where / "klaviyo.duckdb", names, span)
         floor = self.bare_floor_materialize(span, "*" if selection == "*" else "bare/events")
-        what = "all 15 tables" if selection == "*" else selection.split("/")[-1]
+        what = f"all {len(TABLES)} tables" if selection == "*" else selection.split("/")[-1]
         return Row(
             f"dagster asset materialize {what}",
             span.label,
