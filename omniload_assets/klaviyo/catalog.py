@@ -154,6 +154,28 @@ class TableSpec:
 TS = "TIMESTAMPTZ"
 ALL_OPS = frozenset({GE, GT, LE, LT})
 
+
+def _members(parent: str, description: str) -> TableSpec:
+    """The membership table of lists or segments: one row per (parent, profile), with the join
+    time only (a membership table, not a copy of profiles)."""
+    return TableSpec(
+        name=f"{parent[:-1]}-profiles",
+        path=f"/api/{parent}/{{id}}/profiles",
+        resource_type="profile",
+        description=description,
+        scope=f"{parent}:read",
+        extra_scopes=("profiles:read",),
+        rate_limit=L,
+        strategy="replace",
+        max_page_size=100,
+        columns={"joined_group_at": TS},
+        params={"fields[profile]": "joined_group_at"},
+        parent=parent,
+        parent_id_column=f"{parent[:-1]}_id",
+        member_id_column="profile_id",
+    )
+
+
 TABLES: tuple[TableSpec, ...] = (
     TableSpec(
         name="events",
@@ -431,40 +453,15 @@ TABLES: tuple[TableSpec, ...] = (
         },
     ),
     # -- child tables: read per parent id, replaced whole ------------------------------------------
-    TableSpec(
-        name="list-profiles",
-        path="/api/lists/{id}/profiles",
-        resource_type="profile",
-        description="Who is on which list: one row per member of each list, with when it joined "
+    _members(
+        "lists",
+        "Who is on which list: one row per member of each list, with when it joined "
         "(replaced whole on each run, so removed members and deleted lists disappear).",
-        scope="lists:read",
-        extra_scopes=("profiles:read",),
-        rate_limit=L,
-        strategy="replace",
-        max_page_size=100,
-        columns={"joined_group_at": TS},
-        # A membership table, not a copy of profiles: only the join time is asked for.
-        params={"fields[profile]": "joined_group_at"},
-        parent="lists",
-        parent_id_column="list_id",
-        member_id_column="profile_id",
     ),
-    TableSpec(
-        name="segment-profiles",
-        path="/api/segments/{id}/profiles",
-        resource_type="profile",
-        description="Who is in which segment: one row per member of each segment, with when it "
+    _members(
+        "segments",
+        "Who is in which segment: one row per member of each segment, with when it "
         "joined (replaced whole on each run, so members who left and deleted segments disappear).",
-        scope="segments:read",
-        extra_scopes=("profiles:read",),
-        rate_limit=L,
-        strategy="replace",
-        max_page_size=100,
-        columns={"joined_group_at": TS},
-        params={"fields[profile]": "joined_group_at"},
-        parent="segments",
-        parent_id_column="segment_id",
-        member_id_column="profile_id",
     ),
     TableSpec(
         name="campaign-messages",
