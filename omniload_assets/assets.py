@@ -6,6 +6,7 @@ one's children; the parent must have been materialized once.
 """
 
 import json
+import logging
 import time
 import warnings
 from collections.abc import Callable, Sequence
@@ -16,12 +17,13 @@ from typing import Any
 import dagster as dg
 import pyarrow as pa
 
-from omniload_assets import progress, settings
+from omniload_assets import checkpointing, progress, settings
 from omniload_assets.klaviyo import extraction
 from omniload_assets.klaviyo.catalog import TABLES, TableSpec, get_table
 from omniload_assets.klaviyo.client import ClientStats
-from omniload_assets.klaviyo.decoders import decoder_for
+from omniload_assets.klaviyo.decoders import Decoder, decoder_for
 from omniload_assets.klaviyo.resource import KlaviyoResource
+from omniload_assets.klaviyo.windows import TimeWindow
 from omniload_assets.partitions import WindowConfig, daily_partitions, run_window
 from omniload_assets.warehouse.io_manager import KlaviyoDuckDBIOManager
 from omniload_assets.warehouse.reads import DELETED_AT, active_ids, table_exists
@@ -32,6 +34,8 @@ IO_MANAGER_KEY = "klaviyo_duckdb"
 KLAVIYO_KEY = "klaviyo"
 KEY_PREFIX = "klaviyo"
 LOG_EVERY_PAGES = 50
+
+log = logging.getLogger(__name__)
 
 
 def asset_key(spec: TableSpec) -> dg.AssetKey:
@@ -88,20 +92,63 @@ def extract(
     spec: TableSpec,
     klaviyo: KlaviyoResource,
     config: WindowConfig,
+    warehouse: KlaviyoDuckDBIOManager,
     parents: Sequence[str] | None = None,
 ) -> StagedTable:
     """Page through the table's window (a child table: each of ``parents``) and stage its rows as
     Parquet: the client fetches, extraction plans, the decoder makes rows, the stager writes them
-    (see the README's Design)."""
+    (see the README's Design). A long run over a window commits its complete days as it goes, and
+    resumes a failed attempt's (:mod:`omniload_assets.checkpointing`)."""
     window = run_window(context, config)
-    stager = ParquetStager(spec, settings.env("OMNILOAD_STAGING_DIR"))
-    decoder = decoder_for(spec, klaviyo.decode_processes)
-    started = time.monotonic()
+    resume = None
+    if window is not None and checkpointing.applies(spec, window):
+        resume = checkpointing.plan_resume(warehouse, spec, window, resume=config.resume)
+        _say(context, resume.describe(spec.name))
     what = (
         f"of {len(parents)} {spec.parent}" if parents is not None else "(all)" if window is None else window
     )
     context.log.info(f"extracting {spec.name} {what}")
+    stager = ParquetStager(spec, settings.env("OMNILOAD_STAGING_DIR"))
+    decoder = decoder_for(spec, klaviyo.decode_processes)
+    checkpoints = None
+    if resume is not None:
+        checkpoints = checkpointing.Checkpoints(
+            context, spec, warehouse, stager, resume, decoder.column_types
+        )
+    try:
+        staged = _extract(context, spec, klaviyo, window, decoder, stager, checkpoints, parents)
+    except BaseException:
+        stager.discard()
+        raise
+    if resume is not None and checkpoints is not None:
+        staged.requested = window
+        staged.metadata.update({**resume.metadata(), **checkpoints.metadata()})
+    context.log.info(f"{spec.name}: staged {staged.rows} rows in {len(staged.files)} files")
+    return staged
+
+
+def _say(context: dg.AssetExecutionContext, message: str) -> None:
+    """A line for the run's log and for ``omniload ingest``'s output."""
+    context.log.info(message)
+    log.info(message)
+
+
+def _extract(
+    context: dg.AssetExecutionContext,
+    spec: TableSpec,
+    klaviyo: KlaviyoResource,
+    window: TimeWindow | None,
+    decoder: Decoder[pa.Table],
+    stager: ParquetStager,
+    checkpoints: checkpointing.Checkpoints | None,
+    parents: Sequence[str] | None,
+) -> StagedTable:
+    """The extraction itself: every page staged, and checkpointed when ``checkpoints`` is given;
+    on failure, what is complete is committed first."""
+    started = time.monotonic()
     report = _Progress(context, spec, started)
+    done = checkpoints.committed if checkpoints is not None else []
+    run = None
     try:
         with klaviyo.get_client() as client:
             run = extraction.Extraction(
@@ -113,24 +160,30 @@ def extract(
                 parallelism=klaviyo.extract_parallelism,
                 stats=report.stats,
                 parents=parents,
+                done=done,
             )
             sink = report.staging(stager)
             for rows in run:
                 sink(rows)
+                if checkpoints is not None:
+                    checkpoints.after_page(run.completed)
         decoder.close()
-        if parents is not None:
-            _report_gone(context, spec, len(parents), run.gone)
-        extract_s = time.monotonic() - started
-        # started_at (epoch seconds) lets the IO manager report the whole duration, write included.
-        timing = {"extract_s": extract_s, "started_at": time.time() - extract_s}
-        stats = {**report.stats.as_dict(), **timing, "pages_decoded_in_processes": decoder.pages_in_processes}
-        staged = stager.finish(window, stats, decoder.column_types())
-        progress.extraction_finished(spec.name, report.stats)
-    except BaseException:
+    except BaseException as exc:
         decoder.close()
-        stager.discard()
-        raise
-    context.log.info(f"{spec.name}: staged {staged.rows} rows in {len(staged.files)} files")
+        if checkpoints is None:
+            raise
+        instead = checkpoints.failed(run.completed() if run is not None else done, exc)
+        if instead is None:
+            raise
+        raise instead from exc
+    if parents is not None:
+        _report_gone(context, spec, len(parents), run.gone)
+    extract_s = time.monotonic() - started
+    # started_at (epoch seconds) lets the IO manager report the whole duration, write included.
+    timing = {"extract_s": extract_s, "started_at": time.time() - extract_s}
+    stats = {**report.stats.as_dict(), **timing, "pages_decoded_in_processes": decoder.pages_in_processes}
+    staged = stager.finish(window, stats, decoder.column_types())
+    progress.extraction_finished(spec.name, report.stats)
     return staged
 
 
@@ -209,11 +262,11 @@ def build_asset(spec: TableSpec, partitions_def: dg.PartitionsDefinition | None)
     if spec.parent is not None:
         return build_child_asset(spec)
 
-    @dg.asset(**asset_arguments(spec, partitions_def))
-    def _asset(
-        context: dg.AssetExecutionContext, klaviyo: KlaviyoResource, config: WindowConfig
-    ) -> StagedTable:
-        return extract(context, spec, klaviyo, config)
+    @dg.asset(**asset_arguments(spec, partitions_def), required_resource_keys={KLAVIYO_KEY, IO_MANAGER_KEY})
+    def _asset(context: dg.AssetExecutionContext, config: WindowConfig) -> StagedTable:
+        warehouse: KlaviyoDuckDBIOManager = getattr(context.resources, IO_MANAGER_KEY)
+        klaviyo: KlaviyoResource = getattr(context.resources, KLAVIYO_KEY)
+        return extract(context, spec, klaviyo, config, warehouse)
 
     return _asset
 
@@ -231,7 +284,7 @@ def build_child_asset(spec: TableSpec) -> dg.AssetsDefinition:
     def _asset(context: dg.AssetExecutionContext, config: WindowConfig) -> StagedTable:
         warehouse: KlaviyoDuckDBIOManager = getattr(context.resources, IO_MANAGER_KEY)
         klaviyo: KlaviyoResource = getattr(context.resources, KLAVIYO_KEY)
-        return extract(context, spec, klaviyo, config, parent_ids(warehouse, parent))
+        return extract(context, spec, klaviyo, config, warehouse, parent_ids(warehouse, parent))
 
     return _asset
 

@@ -11,6 +11,12 @@
   sweep (:mod:`omniload_assets.deletions`), one run at a time.
 * The change sensor lives in :mod:`omniload_assets.sensors`.
 
+A table whose endpoint is deferred in DuckDB (a daily quota exhausted, a long outage: see
+:mod:`omniload_assets.warehouse.checkpoints`) is left out of the incremental and replace schedules'
+runs until then; when every table of a schedule is, the tick is skipped, naming when one can run
+again. The deferrals are read on a short read-only connection; a tick that cannot read them (a load
+holds the file) requests every table, as without deferrals.
+
 Everything ships STOPPED; ``OMNILOAD_AUTOMATION`` (``all`` or a list of names) starts them RUNNING.
 No tick requests a run while a run of the same tables and partitions is still in flight.
 """
@@ -28,6 +34,9 @@ from omniload_assets.deletions import build_sweep_job
 from omniload_assets.klaviyo.catalog import TABLES, TableSpec
 from omniload_assets.runner import RANGE_END_TAG, RANGE_START_TAG, partition_range_tags
 from omniload_assets.settings import DELETION_SWEEP_SCHEDULE, INCREMENTAL_SCHEDULE, REPLACE_SCHEDULE
+from omniload_assets.warehouse.checkpoints import Deferral, active_deferrals
+from omniload_assets.warehouse.connection import WarehouseError
+from omniload_assets.warehouse.io_manager import KlaviyoDuckDBIOManager
 
 INCREMENTAL_JOB = "klaviyo_incremental_job"
 REPLACE_JOB = "klaviyo_replace_job"
@@ -44,6 +53,9 @@ IN_PROGRESS_STATUSES = (
     dg.DagsterRunStatus.SUSPENDED,
     dg.DagsterRunStatus.CANCELING,
 )
+
+#: Longest wait for another process's DuckDB lock when a tick reads the deferrals.
+DEFERRAL_LOCK_TIMEOUT_S = 5.0
 
 Clock = Callable[[], datetime]
 
@@ -178,6 +190,51 @@ def lookback_range(now: datetime, lookback_days: int, first_partition: date) -> 
     return max(today - timedelta(days=lookback_days), first_partition), today
 
 
+def read_deferrals(warehouse: KlaviyoDuckDBIOManager, now: datetime) -> dict[str, Deferral]:
+    """Klaviyo table name -> its deferral still in force at ``now``, read on a short read-only
+    connection (waiting at most ``DEFERRAL_LOCK_TIMEOUT_S`` for a lock); none without a database
+    file. Raises :class:`WarehouseError` when DuckDB cannot be read."""
+    reader = warehouse.reader(lock_timeout_s=min(warehouse.lock_timeout_s, DEFERRAL_LOCK_TIMEOUT_S))
+    with reader.connect() as conn:
+        return active_deferrals(conn, reader.schema, now) if conn is not None else {}
+
+
+def describe_deferrals(deferred: Mapping[str, Deferral]) -> str:
+    """``events until 2026-11-28 03:00 UTC (reason), ...``: the soonest over first."""
+    ordered = sorted(deferred.items(), key=lambda item: (item[1].until, item[0]))
+    return ", ".join(f"{name} {deferral.describe()}" for name, deferral in ordered)
+
+
+def runnable_tables(
+    context: dg.ScheduleEvaluationContext,
+    warehouse: KlaviyoDuckDBIOManager,
+    specs: Sequence[TableSpec],
+    now: datetime,
+) -> tuple[list[TableSpec], dict[str, Deferral]]:
+    """The tables of ``specs`` a run may ask Klaviyo for at ``now``, and the deferrals of the others.
+
+    When the deferrals cannot be read (a load holds the file), every table, with a warning.
+    """
+    try:
+        deferrals = read_deferrals(warehouse, now)
+    except WarehouseError as exc:
+        context.log.warning(f"cannot read the deferrals from DuckDB this tick; requesting every table: {exc}")
+        return list(specs), {}
+    deferred = {s.name: deferrals[s.name] for s in specs if s.name in deferrals}
+    if deferred:
+        context.log.info(f"left out of this run: {describe_deferrals(deferred)}")
+    return [s for s in specs if s.name not in deferred], deferred
+
+
+def every_table_deferred(deferred: Mapping[str, Deferral]) -> dg.SkipReason:
+    return dg.SkipReason(f"every table is deferred: {describe_deferrals(deferred)}")
+
+
+def selection(specs: Sequence[TableSpec], deferred: Mapping[str, Deferral]) -> list[dg.AssetKey] | None:
+    """The run's asset selection: the tables not deferred; None (the whole job) when none is."""
+    return [asset_key(s) for s in specs] if deferred else None
+
+
 def build_incremental_schedule(
     job: AssetJob,
     *,
@@ -189,7 +246,8 @@ def build_incremental_schedule(
     cron = settings.parse_cron("OMNILOAD_SCHEDULE_CRON", cron) if cron else settings.schedule_cron()
     lookback = settings.lookback_days() if lookback_days is None else lookback_days
     first_partition = settings.start_date()
-    keys = [asset_key(t) for t in incremental_tables()]
+    specs = incremental_tables()
+    keys = [asset_key(t) for t in specs]
 
     @dg.schedule(
         name=INCREMENTAL_SCHEDULE,
@@ -202,19 +260,26 @@ def build_incremental_schedule(
             f"{lookback} day(s) before it in one run ({cron}, UTC)."
         ),
     )
-    def _schedule(context: dg.ScheduleEvaluationContext) -> dg.RunRequest | dg.SkipReason:
+    def _schedule(
+        context: dg.ScheduleEvaluationContext, klaviyo_duckdb: dg.ResourceParam[KlaviyoDuckDBIOManager]
+    ) -> dg.RunRequest | dg.SkipReason:
         now = context.scheduled_execution_time or clock()
         first, last = lookback_range(now, lookback, first_partition)
         if last < first:
             return dg.SkipReason(f"{last} is before the first partition ({first_partition})")
+        runnable, deferred = runnable_tables(context, klaviyo_duckdb, specs, now)
+        if not runnable:
+            return every_table_deferred(deferred)
         days = day_keys(first, last)
-        in_flight = runs_in_flight(context.instance, keys)
-        busy = sorted(k.to_user_string() for k in keys if overlaps(in_flight, k, days))
+        wanted = [asset_key(t) for t in runnable]
+        in_flight = runs_in_flight(context.instance, wanted)
+        busy = sorted(k.to_user_string() for k in wanted if overlaps(in_flight, k, days))
         if busy:
             return dg.SkipReason(f"a run of {', '.join(busy)} over {first}..{last} is still in flight")
         return dg.RunRequest(
             run_key=f"{INCREMENTAL_SCHEDULE}:{first}..{last}@{now.astimezone(UTC).isoformat()}",
             tags={**partition_range_tags(first, last), TRIGGER_TAG: INCREMENTAL_SCHEDULE},
+            asset_selection=selection(runnable, deferred),
         )
 
     return _schedule
@@ -225,7 +290,7 @@ def build_replace_schedule(
 ) -> dg.ScheduleDefinition:
     """The replace tables, whole, on their own cadence (daily by default)."""
     cron = settings.parse_cron("OMNILOAD_REPLACE_CRON", cron) if cron else settings.replace_cron()
-    keys = [asset_key(t) for t in replace_tables()]
+    specs = replace_tables()
 
     @dg.schedule(
         name=REPLACE_SCHEDULE,
@@ -235,15 +300,22 @@ def build_replace_schedule(
         default_status=schedule_status(REPLACE_SCHEDULE),
         description=f"Replaces {', '.join(t.name for t in replace_tables())} whole ({cron}, UTC).",
     )
-    def _schedule(context: dg.ScheduleEvaluationContext) -> dg.RunRequest | dg.SkipReason:
+    def _schedule(
+        context: dg.ScheduleEvaluationContext, klaviyo_duckdb: dg.ResourceParam[KlaviyoDuckDBIOManager]
+    ) -> dg.RunRequest | dg.SkipReason:
         now = context.scheduled_execution_time or clock()
-        in_flight = runs_in_flight(context.instance, keys)
-        busy = sorted(k.to_user_string() for k in keys if overlaps(in_flight, k, None))
+        runnable, deferred = runnable_tables(context, klaviyo_duckdb, specs, now)
+        if not runnable:
+            return every_table_deferred(deferred)
+        wanted = [asset_key(t) for t in runnable]
+        in_flight = runs_in_flight(context.instance, wanted)
+        busy = sorted(k.to_user_string() for k in wanted if overlaps(in_flight, k, None))
         if busy:
             return dg.SkipReason(f"a run of {', '.join(busy)} is still in flight")
         return dg.RunRequest(
             run_key=f"{REPLACE_SCHEDULE}@{now.astimezone(UTC).isoformat()}",
             tags={TRIGGER_TAG: REPLACE_SCHEDULE},
+            asset_selection=selection(runnable, deferred),
         )
 
     return _schedule

@@ -225,6 +225,8 @@ class IngestPlan:
     first_day: date
     last_day: date
     parallelism: int | None
+    #: Resume from a failed attempt's checkpoints (``--no-resume``: a full pass).
+    resume: bool = True
 
     @property
     def days(self) -> int:
@@ -319,6 +321,7 @@ def plan_ingest(args: argparse.Namespace, now: datetime | None = None) -> Ingest
         first_day=first_day,
         last_day=last_day,
         parallelism=args.extract_parallelism,
+        resume=not args.no_resume,
     )
 
 
@@ -408,6 +411,7 @@ def run_ingest(plan: IngestPlan, display: LogDisplay | BarDisplay | NullDisplay,
             resources=resources,
             raise_on_error=False,
             run_config={"loggers": {"console": {"config": {"log_level": log_level}}}},
+            resume=plan.resume,
         )
         failed_runs = list(dict.fromkeys(o.run_id for o in outcomes if not o.success))
         if failed_runs:
@@ -733,6 +737,13 @@ def add_run_flags(cmd: argparse.ArgumentParser) -> None:
         metavar="N",
         help=f"concurrent Klaviyo requests inside the run, {MIN_PARALLELISM}-{MAX_PARALLELISM} (default: "
         "the resource's extract_parallelism, 40); Klaviyo's rate limits still apply",
+    )
+    cmd.add_argument(
+        "--no-resume",
+        action="store_true",
+        help="fetch the whole interval even if a failed run of the same command committed part of it "
+        "(by default a re-run fetches only what such a run, less than $OMNILOAD_CHECKPOINT_MAX_AGE_H "
+        "hours ago, did not commit)",
     )
     cmd.add_argument(
         "--progress",

@@ -16,7 +16,7 @@ class RunWindowError(ValueError):
 
 
 class WindowConfig(dg.Config):
-    """A window for a run that carries no partition.
+    """A window for a run that carries no partition, and whether to resume a failed attempt.
 
     A partitioned run loads its partitions' days. A run without partitions loads this window, or
     everything when it is empty: ``omniload ingest`` uses it when no Dagster home keeps the run,
@@ -31,6 +31,11 @@ class WindowConfig(dg.Config):
     end: str | None = Field(
         default=None,
         description="UTC instant to load up to, exclusive. Set together with start.",
+    )
+    resume: bool = Field(
+        default=True,
+        description="Resume from the checkpoints of a failed attempt of the same range (less than "
+        "OMNILOAD_CHECKPOINT_MAX_AGE_H old); false: a full pass (omniload ingest --no-resume).",
     )
 
     def window(self) -> TimeWindow | None:

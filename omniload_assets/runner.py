@@ -27,12 +27,19 @@ def partition_range_tags(first_day: date, last_day: date) -> dict[str, str]:
     return {RANGE_START_TAG: first_day.isoformat(), RANGE_END_TAG: last_day.isoformat()}
 
 
-def window_run_config(assets: Sequence[dg.AssetsDefinition], first_day: date, last_day: date) -> dict:
-    """Run config giving each partitioned asset the window ``first_day`` .. ``last_day`` (whole days)."""
-    start = datetime.combine(first_day, time(), UTC)
-    end = datetime.combine(last_day + timedelta(days=1), time(), UTC)
-    window = {"start": start.isoformat(), "end": end.isoformat()}
-    return {"ops": {a.op.name: {"config": window} for a in assets if a.partitions_def is not None}}
+def window_run_config(
+    assets: Sequence[dg.AssetsDefinition], first_day: date | None, last_day: date | None, resume: bool = True
+) -> dict:
+    """Run config giving each partitioned asset the window ``first_day`` .. ``last_day`` (whole days;
+    None: its partitions' days) and, when not ``resume``, a full pass."""
+    config: dict[str, object] = {} if resume else {"resume": False}
+    if first_day is not None and last_day is not None:
+        start = datetime.combine(first_day, time(), UTC)
+        end = datetime.combine(last_day + timedelta(days=1), time(), UTC)
+        config.update({"start": start.isoformat(), "end": end.isoformat()})
+    if not config:
+        return {}
+    return {"ops": {a.op.name: {"config": config} for a in assets if a.partitions_def is not None}}
 
 
 def materialize_tables(
@@ -46,6 +53,7 @@ def materialize_tables(
     raise_on_error: bool = True,
     run_config: Mapping[str, object] | None = None,
     partition_status: bool | None = None,
+    resume: bool = True,
 ) -> list[RunOutcome]:
     """Load ``tables`` over ``[first_day, last_day]``.
 
@@ -57,6 +65,8 @@ def materialize_tables(
     instead of 5-30 s; README, Performance).
 
     ``run_config`` goes to every run as it is (the CLI uses it to quieten Dagster's console logger).
+    ``resume=False`` makes the partitioned tables fetch everything, checkpoints of a failed attempt
+    notwithstanding.
     """
     if last_day < first_day:
         raise ValueError(f"the range ends ({last_day}) before it starts ({first_day})")
@@ -69,9 +79,10 @@ def materialize_tables(
         partitioned = [a for a in assets if a.partitions_def is not None]
         whole = [a for a in assets if a.partitions_def is None]
         range_tags = partition_range_tags(first_day, last_day)
-        runs = [(partitioned, range_tags, base_config), (whole, {}, base_config)]
+        partitioned_config = {**base_config, **window_run_config(partitioned, None, None, resume)}
+        runs = [(partitioned, range_tags, partitioned_config), (whole, {}, base_config)]
     else:
-        runs = [(assets, {}, {**base_config, **window_run_config(assets, first_day, last_day)})]
+        runs = [(assets, {}, {**base_config, **window_run_config(assets, first_day, last_day, resume)})]
     outcomes: list[RunOutcome] = []
     for group, tags, config in runs:
         if not group:

@@ -10,8 +10,10 @@ requests one run per changed day over the tables changed on it.
 
 Requests go through :class:`KlaviyoClient`, paced to each endpoint's rate limit; a 429 whose
 ``Retry-After`` exceeds ``MAX_RETRY_AFTER_S`` (or any API error) skips that table for this tick and
-keeps its mark. A table with a run in flight on a changed partition is deferred, mark kept, so no
-partition is requested twice while a run for it is in progress.
+keeps its mark. A table with a run in flight on a changed partition is held back, mark kept, so no
+partition is requested twice while a run for it is in progress. A table whose endpoint is deferred
+in DuckDB (a daily quota exhausted, a long outage: :mod:`omniload_assets.warehouse.checkpoints`) is
+not probed at all until then, mark kept.
 
 A late event whose ``datetime`` lies before the mark is not seen here; the schedule's lookback
 catches it.
@@ -20,7 +22,7 @@ catches it.
 import hashlib
 import json
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 
@@ -34,6 +36,7 @@ from omniload_assets.automation import (
     Clock,
     incremental_tables,
     overlaps,
+    read_deferrals,
     runs_in_flight,
     sensor_status,
     utc_now,
@@ -45,6 +48,7 @@ from omniload_assets.klaviyo.errors import KlaviyoAuthError, KlaviyoConfigError,
 from omniload_assets.klaviyo.resource import KlaviyoResource
 from omniload_assets.klaviyo.windows import format_datetime, parse_datetime
 from omniload_assets.settings import CHANGE_SENSOR
+from omniload_assets.warehouse.checkpoints import Deferral
 from omniload_assets.warehouse.connection import WarehouseError
 from omniload_assets.warehouse.io_manager import KlaviyoDuckDBIOManager
 
@@ -93,6 +97,18 @@ def materialized_marks(
         return {}
 
 
+def deferred_sources(
+    warehouse: KlaviyoDuckDBIOManager, now: datetime, log: logging.Logger
+) -> dict[str, Deferral]:
+    """The deferrals in force at ``now`` (:func:`read_deferrals`); none (and a warning) when DuckDB
+    cannot be read this tick, so every table is probed as usual."""
+    try:
+        return read_deferrals(warehouse, now)
+    except WarehouseError as exc:
+        log.warning(f"cannot read the deferrals from DuckDB this tick: {exc}")
+        return {}
+
+
 # -- one tick -------------------------------------------------------------------------------------
 
 
@@ -114,14 +130,22 @@ def plan_tick(
     in_flight: dict[dg.AssetKey, frozenset[str] | None],
     first_partition: date,
     now: datetime,
+    deferred: Mapping[str, Deferral] | None = None,
 ) -> Tick:
-    """Run requests for the changed partitions; marks advance only for the tables requested."""
+    """Run requests for the changed partitions; marks advance only for the tables requested.
+
+    Tables in ``deferred`` (Klaviyo table name -> deferral) are not probed.
+    """
     next_marks = dict(marks)
     notes: list[str] = []
     warnings: list[str] = []
     by_day: dict[str, list[TableSpec]] = {}
     today = now.astimezone(UTC).date()
     for spec in specs:
+        deferral = (deferred or {}).get(spec.name)
+        if deferral is not None:
+            notes.append(f"{spec.name}: deferred {deferral.describe()}")
+            continue
         mark = marks.get(spec.name)
         if mark is None:
             notes.append(f"{spec.name}: never materialized; run the schedule or a backfill first")
@@ -219,6 +243,7 @@ def build_change_sensor(
         materialized = materialized_marks(klaviyo_duckdb, specs, context.log)
         marks = merge_marks(load_marks(context.cursor), materialized)
         in_flight = runs_in_flight(context.instance, [asset_key(s) for s in specs])
+        deferred = deferred_sources(klaviyo_duckdb, now, context.log)
         stats = ClientStats()
         with probing_resource(klaviyo).get_client() as client:
             tick = plan_tick(
@@ -228,6 +253,7 @@ def build_change_sensor(
                 in_flight=in_flight,
                 first_partition=first_partition,
                 now=now,
+                deferred=deferred,
             )
         log_tick(context.log, tick, stats)
         skip = None if tick.run_requests else "no Klaviyo table changed since its high-water mark"

@@ -46,6 +46,14 @@ ENV_VARS: dict[str, tuple[str | None, str]] = {
         "0",
         "1: a sweep may mark every row of a table Klaviyo lists empty (0: refused as suspicious)",
     ),
+    "OMNILOAD_CHECKPOINT_EVERY_S": (
+        "300",
+        "seconds between a long run's checkpoints (its complete days merged; 0: as soon as a day completes)",
+    ),
+    "OMNILOAD_CHECKPOINT_MAX_AGE_H": (
+        "24",
+        "hours a failed run's checkpoints are resumed from; older: ignored",
+    ),
 }
 
 
@@ -69,6 +77,8 @@ FLAG_OFF = frozenset({"", "0", "false", "no", "off"})
 MAX_LOOKBACK_DAYS = 36_500
 MIN_SENSOR_INTERVAL_S, MAX_SENSOR_INTERVAL_S = 30, 7 * 86_400
 MAX_FRESHNESS_HOURS = 87_600.0
+MAX_CHECKPOINT_EVERY_S = 86_400
+MAX_CHECKPOINT_AGE_H = 24 * 365
 
 
 class SettingsError(ValueError):
@@ -316,6 +326,18 @@ def sensor_interval_s() -> int:
     )
 
 
+def checkpoint_every_s() -> int:
+    """``OMNILOAD_CHECKPOINT_EVERY_S``: seconds between a long run's checkpoints."""
+    raw = env_str("OMNILOAD_CHECKPOINT_EVERY_S")
+    return parse_whole_number("OMNILOAD_CHECKPOINT_EVERY_S", raw, 0, MAX_CHECKPOINT_EVERY_S, "seconds")
+
+
+def checkpoint_max_age_h() -> int:
+    """``OMNILOAD_CHECKPOINT_MAX_AGE_H``: hours a failed run's checkpoints stay worth resuming from."""
+    raw = env_str("OMNILOAD_CHECKPOINT_MAX_AGE_H")
+    return parse_whole_number("OMNILOAD_CHECKPOINT_MAX_AGE_H", raw, 0, MAX_CHECKPOINT_AGE_H, "hours")
+
+
 def freshness_max_age_hours(table: str) -> float:
     """``OMNILOAD_FRESHNESS_HOURS`` for ``table``: ``48`` for all, ``48,events=6,metrics=720`` per table."""
     default, per_table = parse_freshness(env_str("OMNILOAD_FRESHNESS_HOURS"))
@@ -487,6 +509,8 @@ VALIDATORS: dict[str, Callable[[], object]] = {
     "OMNILOAD_SWEEP_CRON": sweep_cron,
     "OMNILOAD_HARD_DELETE": hard_delete,
     "OMNILOAD_SWEEP_ALLOW_EMPTY": sweep_allow_empty,
+    "OMNILOAD_CHECKPOINT_EVERY_S": checkpoint_every_s,
+    "OMNILOAD_CHECKPOINT_MAX_AGE_H": checkpoint_max_age_h,
 }
 
 

@@ -13,6 +13,11 @@ each. Dense stretches are thus split as finely as the workers need and sparse on
 Records exactly on the hand-over key are left to the new tasks, so every record lands in exactly one
 task. Endpoints that cannot filter on the key are read whole and windowed here.
 
+As pages are handed on, the extraction keeps what part of the window is completely fetched
+(:meth:`Extraction.completed`): a sorted task has everything below the highest key of its last
+page, any task all of its window once its last page is in. A long run commits those parts as it
+goes, and a resumed run is given them back (``done``) and plans tasks for the rest only.
+
 A child table (``spec.parent``) is read whole per parent id: one task per parent, its path the
 endpoint's template filled with the id, all tasks on the concurrent workers and all paced together
 by the endpoint's one rate limit. A parent Klaviyo answers 404 for (deleted since the parent table
@@ -34,6 +39,7 @@ from omniload_assets.klaviyo.catalog import TableSpec
 from omniload_assets.klaviyo.client import ClientStats, KlaviyoClient
 from omniload_assets.klaviyo.decoders import Decoder
 from omniload_assets.klaviyo.errors import KlaviyoAPIError
+from omniload_assets.klaviyo.intervals import intersect, normalise, subtract
 from omniload_assets.klaviyo.pages import PageBatch, RawPage
 from omniload_assets.klaviyo.rows import key_value
 from omniload_assets.klaviyo.windows import TimeWindow, combine_filters, window_filter
@@ -119,17 +125,31 @@ class Step:
 
     batch: PageBatch
     handed_over: list[Task]
+    #: Everything of the task's window below this is fetched once this page is handed on (None: no
+    #: progress to claim).
+    reach: datetime | None = None
+    #: What of the task's window this page completes (set by ``run_task`` from ``reach``).
+    covered: TimeWindow | None = None
 
 
-def plan_tasks(spec: TableSpec, window: TimeWindow | None, parents: Sequence[str] | None) -> list[Task]:
-    """The first tasks: one per filter variant, for a child table one per parent id and variant.
-    ``ValueError`` for parents given to a table without a parent, or missing or a window given
-    for a child table (it is read whole)."""
+def plan_tasks(
+    spec: TableSpec,
+    window: TimeWindow | None,
+    parents: Sequence[str] | None,
+    done: Sequence[TimeWindow] = (),
+) -> list[Task]:
+    """The first tasks: one per filter variant and part of ``window`` not ``done``, for a child
+    table one per parent id and variant. ``ValueError`` for parents given to a table without a
+    parent, or missing or a window given for a child table (it is read whole), and for ``done``
+    parts of a window the server cannot filter on (each part would cost a whole listing)."""
     variants = spec.filter_variants or (None,)
+    if done and (window is None or not spec.server_side_window):
+        raise ValueError(f"{spec.name} cannot skip parts of its window: the API cannot filter on them")
     if spec.parent is None:
         if parents is not None:
             raise ValueError(f"{spec.name} has no parent table: it takes no parent ids")
-        return [Task(window, v) for v in variants]
+        parts = [window] if window is None else subtract(window, done)
+        return [Task(part, v) for v in variants for part in parts]
     if parents is None or window is not None:
         raise ValueError(f"{spec.name} is read whole for each {spec.parent} id: give the ids and no window")
     return [Task(None, v, parent) for parent in dict.fromkeys(parents) for v in variants]
@@ -151,6 +171,7 @@ class Extraction(Generic[T]):
         stats: ClientStats | None = None,
         now: datetime | None = None,
         parents: Sequence[str] | None = None,
+        done: Sequence[TimeWindow] = (),
     ) -> None:
         self.client = client
         self.spec = spec
@@ -162,8 +183,12 @@ class Extraction(Generic[T]):
         self.sorted = window is not None and spec.server_side_window
         #: Records a full page holds (None: the endpoint does not take a page size).
         self.full_page = spec.page_size(page_size)
-        self.tasks = plan_tasks(spec, window, parents)
-        #: Parents Klaviyo no longer knows (404), whose children were skipped.
+        self.window = window
+        self.tasks = plan_tasks(spec, window, parents, done)
+        # Per filter variant, what is fetched and handed on (a day is complete once every variant has it).
+        self._fetched: dict[str | None, list[TimeWindow]] = {
+            v: normalise(done) for v in spec.filter_variants or (None,)
+        }  #: Parents Klaviyo no longer knows (404), whose children were skipped.
         self.gone: list[str] = []
         self._expect_told = False  # the decoder hears once how many records the window holds
         self._queue = TaskQueue(self.tasks)
@@ -193,8 +218,11 @@ class Extraction(Generic[T]):
         # be handed over only from a key above it, or records tied on the key across two pages
         # (many profiles share one ``updated``) would be fetched twice.
         floor = task.window.start if task.window is not None else None
+        reached = floor
         for page in self._pages(task):
             step, last, floor = self._step(task, page, floor)
+            if step.reach is not None and reached is not None and step.reach > reached:
+                step.covered, reached = TimeWindow(reached, step.reach), step.reach
             # Nothing of this page may stay referenced from this frame while the next request waits.
             del page
             yield step
@@ -226,12 +254,13 @@ class Extraction(Generic[T]):
             return Step(PageBatch(page, parent=task.parent), []), False, floor
         keys = [key_value(k) for k in page.keys]
         kept = [i for i, key in enumerate(keys) if self._in_window(key, window)]
-        if not self.sorted:
-            return Step(self._batch(page, kept), []), False, floor
+        if not self.sorted:  # the listing is read whole: the window is complete with its last page
+            return Step(self._batch(page, kept), [], None if page.next else window.end), False, floor
         dated = [key for key in keys if key is not None]
         last = max(dated) if dated else None
         if last is not None and last >= window.end:
-            return Step(self._batch(page, kept), []), True, floor  # sorted: nothing further is inside
+            # Sorted: nothing further is inside.
+            return Step(self._batch(page, kept), [], window.end), True, floor
         if not self._expect_told and page.next and last is not None:
             self._expect_told = True  # once, from the first page that tells
             self.decoder.expect(len(dated) + self._expected(dated, TimeWindow(last, window.end)))
@@ -243,10 +272,12 @@ class Extraction(Generic[T]):
                 # Records on ``last`` itself are left to the new tasks.
                 before = [i for i in kept if keys[i] is None or keys[i] < last]
                 pieces = [Task(w, task.variant) for w in rest.split(parts)]
-                return Step(self._batch(page, before), pieces), True, floor
+                return Step(self._batch(page, before), pieces, last), True, floor
         if last is not None and (floor is None or last > floor):
             floor = last
-        return Step(self._batch(page, kept), []), False, floor
+        # Sorted: every key below this page's last is in (ties on it may follow on the next page).
+        reach = window.end if not page.next else last
+        return Step(self._batch(page, kept), [], reach), False, floor
 
     def _wanted(self) -> int:
         """How many workers wait for work no queued task will give them (0 when single-threaded)."""
@@ -286,6 +317,20 @@ class Extraction(Generic[T]):
         self.stats.add(records=batch.size)
         return self.decoder.rows(batch)
 
+    def completed(self) -> list[TimeWindow]:
+        """The parts of the window every record of which has been handed on (``done`` included)."""
+        if self.window is None:
+            return []
+        parts = [self.window]
+        for fetched in self._fetched.values():
+            parts = intersect(parts, fetched)
+        return parts
+
+    def _handed_on(self, variant: str | None, covered: TimeWindow | None) -> None:
+        """The rows of a page were handed on: what it completed counts as fetched."""
+        if covered is not None:
+            self._fetched[variant] = normalise([*self._fetched[variant], covered])
+
     # -- all tasks -------------------------------------------------------------------------------
 
     def __iter__(self) -> Iterator[T]:
@@ -298,9 +343,11 @@ class Extraction(Generic[T]):
     def _serial(self) -> Iterator[T]:
         pending = deque(self.tasks)
         while pending:
-            for step in self.run_task(pending.popleft()):
+            task = pending.popleft()
+            for step in self.run_task(task):
                 pending.extend(step.handed_over)
                 yield self._rows(step.batch)
+                self._handed_on(task.variant, step.covered)
 
     def _concurrent(self) -> Iterator[T]:
         # Few finished pages wait for the consumer: memory is bounded by the workers, not the window.
@@ -323,7 +370,11 @@ class Extraction(Generic[T]):
                 elif isinstance(item, BaseException):
                     raise item
                 else:
-                    yield item
+                    rows, variant, covered = item
+                    del item
+                    yield rows
+                    del rows
+                    self._handed_on(variant, covered)
         finally:
             self._cancel()
             # Drain so workers blocked on a full queue can see the cancellation and exit.
@@ -365,10 +416,10 @@ class Extraction(Generic[T]):
             if step is None or self._cancelled.is_set():
                 return
             self._queue.add(step.handed_over)
-            rows = self._rows(step.batch)
+            item = (self._rows(step.batch), task.variant, step.covered)
             del step
-            out.put(rows)
-            del rows
+            out.put(item)
+            del item
             self._limit.settle()
 
 

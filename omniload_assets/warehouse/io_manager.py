@@ -9,8 +9,9 @@ a type-handler hook that has to be stubbed through Dagster's private API.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from datetime import datetime
 from typing import Any, NamedTuple
 
 import dagster as dg
@@ -20,6 +21,8 @@ from pydantic import Field, PrivateAttr
 
 from omniload_assets import settings
 from omniload_assets.klaviyo.catalog import TableSpec, get_table
+from omniload_assets.klaviyo.windows import TimeWindow
+from omniload_assets.warehouse import checkpoints
 from omniload_assets.warehouse.connection import DEFAULT_LOCK_TIMEOUT_S, check_writable, open_database
 from omniload_assets.warehouse.reads import WarehouseReader, qualified_name, quote_ident, table_name_of
 from omniload_assets.warehouse.staging import StagedTable
@@ -29,6 +32,7 @@ from omniload_assets.warehouse.writer import (
     merge_into,
     replace_table,
     show_name,
+    transaction,
 )
 
 PREVIEW_ROWS = 5
@@ -119,6 +123,68 @@ class KlaviyoDuckDBIOManager(dg.ConfigurableIOManager):
     def _spec(self, context: dg.OutputContext | dg.InputContext) -> TableSpec:
         return get_table(context.asset_key.path[-1])
 
+    # -- checkpoints and deferrals of long runs (see omniload_assets.checkpointing) -----------------
+
+    def commit_checkpoint(
+        self,
+        spec: TableSpec,
+        files: Sequence[str],
+        column_types: dict[str, str],
+        *,
+        requested: TimeWindow,
+        stretches: Sequence[TimeWindow],
+        run_id: str,
+    ) -> WriteResult:
+        """Merge the staged rows of ``stretches`` of a run over ``requested`` and record them as
+        committed, in one transaction."""
+        table = self.table_name(spec)
+
+        def record(conn: duckdb.DuckDBPyConnection) -> None:
+            checkpoints.record_stretches(conn, self.schema_name, table, requested, stretches, run_id)
+
+        with self.connect_for_write() as conn:
+            return merge_into(
+                conn,
+                schema=self.schema_name,
+                table=table,
+                files=files,
+                primary_key=spec.primary_key,
+                incremental_key=spec.incremental_key,
+                column_types=column_types,
+                run_id=run_id,
+                source=spec.name,
+                also=record,
+            )
+
+    def committed_stretches(
+        self, spec: TableSpec, requested: TimeWindow, newer_than: datetime
+    ) -> list[checkpoints.CommittedStretch]:
+        """What failed runs over exactly ``requested`` committed after ``newer_than``."""
+        reader = self.reader()
+        with reader.connect() as conn:
+            if conn is None:
+                return []
+            return checkpoints.committed_stretches(
+                conn, self.schema_name, self.table_name(spec), requested, newer_than=newer_than
+            )
+
+    def defer(self, spec: TableSpec, until: datetime, reason: str, run_id: str) -> None:
+        """Record that the schedules and the sensor launch no run of ``spec`` before ``until``."""
+        with self.connect_for_write() as conn, transaction(conn):
+            checkpoints.defer(conn, self.schema_name, spec.name, until, reason, run_id)
+
+    def _closing(self, spec: TableSpec, staged: StagedTable) -> Any:
+        """What the final write of a merge run does in its transaction: forget the checkpoints of
+        its range (the next identical run re-syncs it whole) and any deferral of its endpoint."""
+        requested, table = staged.requested, self.table_name(spec)
+
+        def close(conn: duckdb.DuckDBPyConnection) -> None:
+            if requested is not None:
+                checkpoints.clear_stretches(conn, self.schema_name, table, requested)
+            checkpoints.clear_deferral(conn, self.schema_name, spec.name)
+
+        return close
+
     def handle_output(self, context: dg.OutputContext, obj: StagedTable) -> None:
         if not isinstance(obj, StagedTable):
             raise TypeError(
@@ -150,6 +216,7 @@ class KlaviyoDuckDBIOManager(dg.ConfigurableIOManager):
                         column_types=obj.column_types,
                         run_id=run_id,
                         source=spec.name,
+                        also=self._closing(spec, obj),
                     )
                 preview = self._preview(conn, spec)
         finally:
@@ -201,6 +268,7 @@ class KlaviyoDuckDBIOManager(dg.ConfigurableIOManager):
             # Rows the deletion sweep had marked gone that this write brought back, and those still marked.
             meta["rows_restored"] = result.restored
             meta["rows_marked_deleted"] = result.marked_deleted
+        meta.update(staged.metadata)
         if staged.window is not None:
             meta["window_start"] = staged.window.start.isoformat()
             meta["window_end"] = staged.window.end.isoformat()

@@ -40,7 +40,7 @@ import logging
 import os
 import re
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -195,8 +195,10 @@ def merge_into(
     column_types: Mapping[str, str],
     run_id: str | None = None,
     source: str | None = None,
+    also: Callable[[duckdb.DuckDBPyConnection], object] | None = None,
 ) -> WriteResult:
-    """Upsert the rows of ``files`` into ``schema.table`` by ``primary_key`` in one transaction.
+    """Upsert the rows of ``files`` into ``schema.table`` by ``primary_key`` in one transaction
+    (``also`` runs inside it after the merge: a checkpoint's record commits with its rows).
 
     The batch is first de-duplicated by key (greatest ``incremental_key`` wins; on ties, the later
     file, then the later row). An existing row is replaced only when the incoming incremental key
@@ -215,7 +217,10 @@ def merge_into(
         conn, schema, table, files, primary_key, incremental_key, column_types, source, MERGE_METADATA_COLUMNS
     )
     with _unordered_inserts(conn), transaction(conn):
-        return loader.merge(run_id)
+        result = loader.merge(run_id)
+        if also is not None:
+            also(conn)
+        return result
 
 
 def replace_table(

@@ -1,10 +1,22 @@
 """A benchmark's simulator process: build, serve, and obey one-line commands on stdin.
 
-Prints ``{"url": ...}`` once serving. Commands: ``limits on|off`` (also forgets counted requests),
-``latency FACTOR``,
-``stats`` (prints a JSON line, with this process's CPU seconds), ``count TABLE START END`` (ids in a
-window), ``digest TABLE [START END]`` (count and SHA-256 of the sorted ids, to check a load row for
-row), ``quit``.
+Prints ``{"url": ..., "api_key": ...}`` once serving, then answers each command with one JSON line
+(``{"error": ...}`` for a command it cannot follow):
+
+- ``limits on|off``: Klaviyo's rate limits on or off; also forgets the requests counted so far, for
+  the limits and for ``stats``.
+- ``latency FACTOR``: scale the serving time of every request.
+- ``stats``: ``requests`` (total served), ``by_path`` (requests per endpoint path), ``by_status``
+  (responses per HTTP status), ``faults`` (injected, per kind), ``throttled`` (429s for the rate
+  limits), ``pages``, ``records``, and ``cpu_s`` (this process's CPU seconds).
+- ``fault KIND [after=N] [count=N] [path=/api/events] [retry_after=S] [rate=R] [seconds=S]``: arm a
+  fault (``500``/``502``/``503``/``504``, ``429``, ``slow``, ``drop``, ``truncate``,
+  ``repeat_cursor``; see ``KlaviyoSimulator.set_fault``). ``after`` lets that many matching requests
+  through first, counted from now; without ``count`` it fires on every later matching request.
+- ``heal``: disarm every fault.
+- ``count TABLE START END``: ids in a window.
+- ``digest TABLE [START END]``: count and SHA-256 of the sorted ids, to check a load row for row.
+- ``quit``.
 """
 
 from __future__ import annotations
@@ -14,7 +26,9 @@ import hashlib
 import json
 import resource
 import sys
+from collections.abc import Callable
 from datetime import datetime
+from typing import Any
 
 from omniload_assets_tests.simulator import KlaviyoSimulator
 
@@ -35,6 +49,81 @@ def digest(ids: object) -> dict[str, object]:
     """Count and SHA-256 of ids, sorted and joined by newlines (what a loaded table must match)."""
     ordered = sorted(str(i) for i in ids)  # type: ignore[attr-defined]
     return {"count": len(ordered), "sha256": hashlib.sha256("\n".join(ordered).encode()).hexdigest()}
+
+
+def stats_reply(sim: KlaviyoSimulator) -> dict[str, object]:
+    """The ``stats`` command's answer: the simulator's counters and this process's CPU seconds."""
+    stats = sim.stats
+    return {
+        "requests": stats.total_requests,
+        "by_path": dict(sorted(stats.requests.items())),
+        "by_status": {str(status): n for status, n in sorted(stats.statuses.items())},
+        "faults": dict(sorted(stats.faults.items())),
+        "throttled": stats.throttled,
+        "pages": stats.pages,
+        "records": stats.records,
+        "cpu_s": cpu_s(),
+    }
+
+
+#: ``fault`` options and how to read their values (``KlaviyoSimulator.set_fault``'s keywords).
+FAULT_OPTIONS: dict[str, Callable[[str], Any]] = {
+    "after": int,
+    "count": int,
+    "path": str,
+    "retry_after": int,
+    "rate": float,
+    "seconds": float,
+}
+
+
+def arm_fault(sim: KlaviyoSimulator, words: list[str]) -> dict[str, object]:
+    """``fault KIND [name=value ...]``: arm one fault on ``sim``; the reply repeats what was armed."""
+    if len(words) < 2:
+        raise ValueError("fault needs a KIND")
+    options: dict[str, Any] = {}
+    for word in words[2:]:
+        name, sep, value = word.partition("=")
+        if not sep or name not in FAULT_OPTIONS:
+            raise ValueError(f"bad option {word!r}; valid: {', '.join(FAULT_OPTIONS)} as name=value")
+        options[name] = FAULT_OPTIONS[name](value)
+    sim.set_fault(words[1], **options)
+    return {"ok": True, "fault": {"kind": words[1], **options}}
+
+
+def answer(sim: KlaviyoSimulator, words: list[str]) -> dict[str, object]:
+    """The reply to one command line (split in ``words``); an ``error`` for one it cannot follow."""
+    try:
+        return obey(sim, words)
+    except (ValueError, KeyError, IndexError) as exc:
+        return {"error": f"{words[0]}: {exc}"}
+
+
+def obey(sim: KlaviyoSimulator, words: list[str]) -> dict[str, object]:
+    """Carry out one command; raises ``ValueError``/``KeyError``/``IndexError`` on a bad one."""
+    command = words[0]
+    if command == "limits":
+        sim.rate_limits = words[1] == "on"
+        sim.reset_rate_limits()
+        sim.reset_stats()
+        return {"ok": True}
+    if command == "latency":
+        sim.latency = float(words[1])
+        return {"ok": True}
+    if command == "stats":
+        return stats_reply(sim)
+    if command == "fault":
+        return arm_fault(sim, words)
+    if command == "heal":
+        sim.clear_faults()
+        return {"ok": True}
+    if command == "count":
+        start, end = datetime.fromisoformat(words[2]), datetime.fromisoformat(words[3])
+        return {"count": len(sim.ids(words[1], start, end))}
+    if command == "digest":
+        bounds = [datetime.fromisoformat(w) for w in words[2:4]] or [None, None]
+        return digest(sim.ids(words[1], *bounds))
+    return {"error": f"unknown command {command!r}"}
 
 
 def main() -> None:
@@ -71,36 +160,7 @@ def main() -> None:
                 continue
             if words[0] == "quit":
                 break
-            if words[0] == "limits":
-                sim.rate_limits = words[1] == "on"
-                sim.reset_rate_limits()
-                sim.reset_stats()
-                reply: dict[str, object] = {"ok": True}
-            elif words[0] == "latency":
-                sim.latency = float(words[1])
-                reply = {"ok": True}
-            elif words[0] == "stats":
-                stats = sim.stats
-                reply = {
-                    "requests": stats.total_requests,
-                    "throttled": stats.throttled,
-                    "pages": stats.pages,
-                    "records": stats.records,
-                    "cpu_s": cpu_s(),
-                }
-            elif words[0] == "count":
-                table, start, end = (
-                    words[1],
-                    datetime.fromisoformat(words[2]),
-                    datetime.fromisoformat(words[3]),
-                )
-                reply = {"count": len(sim.ids(table, start, end))}
-            elif words[0] == "digest":
-                bounds = [datetime.fromisoformat(w) for w in words[2:4]] or [None, None]
-                reply = digest(sim.ids(words[1], *bounds))
-            else:
-                reply = {"error": f"unknown command {words[0]!r}"}
-            print(json.dumps(reply), flush=True)
+            print(json.dumps(answer(sim, words)), flush=True)
     finally:
         sim.stop()
 

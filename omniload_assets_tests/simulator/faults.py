@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 KINDS = frozenset({"500", "502", "503", "504", "429", "slow", "drop", "truncate", "repeat_cursor"})
 
@@ -17,7 +17,8 @@ class Fault:
     fires; ``path`` limits it to one endpoint. ``retry_after`` is the 429's ``Retry-After``,
     ``seconds`` how long ``slow`` stalls, ``malformed`` makes ``truncate`` send a complete
     response whose JSON is broken instead of a short one. ``after`` lets that many matching
-    requests through first, so a fault can strike mid-run.
+    requests through first, so a fault can strike mid-run. ``fired`` is set the first time it
+    fires, so a test can wait for "the server has started failing" instead of sleeping.
     """
 
     kind: str
@@ -29,6 +30,8 @@ class Fault:
     malformed: bool = False
     #: Let this many matching requests through before the fault starts firing.
     after: int = 0
+    #: Set the first time the fault fires (not compared, not in ``repr``).
+    fired: threading.Event = field(default_factory=threading.Event, compare=False, repr=False)
 
 
 class FaultInjector:
@@ -67,6 +70,7 @@ class FaultInjector:
                     continue
                 if fault.count is not None:
                     fault.count -= 1
+                fault.fired.set()
                 return fault
             self._faults = [f for f in self._faults if f.count is None or f.count > 0]
         return None
