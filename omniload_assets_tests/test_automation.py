@@ -176,8 +176,10 @@ def evaluate_schedule(
     defs: dg.Definitions, instance: dg.DagsterInstance, name: str, at: datetime
 ) -> list[dg.RunRequest]:
     schedule = next(s for s in defs.schedules or [] if s.name == name)
-    context = dg.build_schedule_context(instance=instance, scheduled_execution_time=at)
-    data = schedule.evaluate_tick(context)
+    with dg.build_schedule_context(
+        instance=instance, scheduled_execution_time=at, resources=defs.resources
+    ) as context:
+        data = schedule.evaluate_tick(context)
     return list(data.run_requests or [])
 
 

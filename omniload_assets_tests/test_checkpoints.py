@@ -89,7 +89,11 @@ def test_stretches_older_than_the_limit_are_left_out(conn) -> None:
     old, new = datetime(2024, 3, 1, tzinfo=UTC), datetime(2024, 3, 8, tzinfo=UTC)
     record_stretches(conn, SCHEMA, "events", REQUESTED, [days(0, 1)], "old", now=old)
     record_stretches(conn, SCHEMA, "events", REQUESTED, [days(1, 2)], "new", now=new)
-    runs = lambda limit: [s.run_id for s in committed_stretches(conn, SCHEMA, "events", REQUESTED, newer_than=limit)]  # noqa: E731
+
+    def runs(limit: datetime) -> list[str]:
+        found = committed_stretches(conn, SCHEMA, "events", REQUESTED, newer_than=limit)
+        return [s.run_id for s in found]
+
     assert runs(old - timedelta(seconds=1)) == ["old", "new"]
     assert runs(old) == ["new"]  # strictly after
     assert runs(new) == []
@@ -114,7 +118,9 @@ def test_absent_tables_read_empty_and_reads_create_nothing(conn, path: Path) -> 
     record_stretches(conn, SCHEMA, "events", REQUESTED, [], "run-1")  # nothing to record
     assert not table_exists(conn, SCHEMA, CHECKPOINTS_TABLE)
     assert not table_exists(conn, SCHEMA, DEFERRALS_TABLE)
-    assert conn.execute("SELECT count(*) FROM duckdb_schemas() WHERE schema_name = ?", [SCHEMA]).fetchone() == (0,)
+    assert conn.execute(
+        "SELECT count(*) FROM duckdb_schemas() WHERE schema_name = ?", [SCHEMA]
+    ).fetchone() == (0,)
     conn.close()
     with reopen(path) as ro:  # read-only: a read that tried to create a table would fail
         assert committed_stretches(ro, SCHEMA, "events", REQUESTED, newer_than=LONG_AGO) == []
@@ -148,9 +154,9 @@ def test_a_rolled_back_transaction_leaves_nothing(conn, path: Path) -> None:
     conn.execute("ROLLBACK")
     conn.close()
     with reopen(path) as ro:
-        assert [s.run_id for s in committed_stretches(ro, SCHEMA, "events", REQUESTED, newer_than=LONG_AGO)] == [
-            "run-2"
-        ]
+        assert [
+            s.run_id for s in committed_stretches(ro, SCHEMA, "events", REQUESTED, newer_than=LONG_AGO)
+        ] == ["run-2"]
 
 
 def test_schema_names_that_need_quoting(conn, path: Path) -> None:

@@ -75,13 +75,15 @@ def evaluate(
     at: datetime = AT,
     resources: dict[str, object] | None = None,
 ) -> tuple[dg.ScheduleExecutionData, Captured]:
+    """Evaluate the schedule ``name`` at ``at``; the context is closed after (it opens an instance of
+    its own, which would otherwise linger as Dagster's current one)."""
     schedule = next(s for s in defs.schedules or [] if s.name == name)
-    context = dg.build_schedule_context(
-        instance=instance, scheduled_execution_time=at, resources=resources or dict(defs.resources)
-    )
     captured = Captured()
-    context.log.addHandler(captured)
-    return schedule.evaluate_tick(context), captured
+    with dg.build_schedule_context(
+        instance=instance, scheduled_execution_time=at, resources=resources or dict(defs.resources)
+    ) as context:
+        context.log.addHandler(captured)
+        return schedule.evaluate_tick(context), captured
 
 
 def selected(request: dg.RunRequest) -> set[str]:
@@ -92,7 +94,9 @@ def selected(request: dg.RunRequest) -> set[str]:
 # -- schedules -----------------------------------------------------------------------------------
 
 
-def test_the_incremental_schedule_leaves_a_deferred_table_out(defs, db_path: Path, persistent_instance) -> None:
+def test_the_incremental_schedule_leaves_a_deferred_table_out(
+    defs, db_path: Path, persistent_instance
+) -> None:
     until = AT + timedelta(hours=20)
     write_deferrals(db_path, schema_of(defs), {"events": until, "catalog-items": until, "tags": until})
     data, log = evaluate(defs, persistent_instance, INCREMENTAL_SCHEDULE)
@@ -107,7 +111,9 @@ def test_the_incremental_schedule_leaves_a_deferred_table_out(defs, db_path: Pat
 
 
 def test_the_replace_schedule_leaves_a_deferred_table_out(defs, db_path: Path, persistent_instance) -> None:
-    write_deferrals(db_path, schema_of(defs), {"tags": AT + timedelta(days=1), "list-profiles": AT + timedelta(1)})
+    write_deferrals(
+        db_path, schema_of(defs), {"tags": AT + timedelta(days=1), "list-profiles": AT + timedelta(1)}
+    )
     data, _ = evaluate(defs, persistent_instance, REPLACE_SCHEDULE)
     (request,) = data.run_requests or []
     assert selected(request) == {t.asset_name for t in replace_tables()} - {"tags", "list_profiles"}
@@ -140,14 +146,20 @@ def test_every_table_deferred_skips_naming_when_one_can_run_again(
         "every table is deferred: profiles until 2024-01-11 03:00 UTC (Klaviyo quota exhausted of profiles), "
     )
     assert "\n" not in message
-    assert all(f"{t.name} until 2024-01-12 07:00 UTC" in message for t in incremental_tables() if t.name != "profiles")
+    assert all(
+        f"{t.name} until 2024-01-12 07:00 UTC" in message
+        for t in incremental_tables()
+        if t.name != "profiles"
+    )
     # The replace tables are not deferred: their schedule runs.
     data, _ = evaluate(defs, persistent_instance, REPLACE_SCHEDULE)
     (request,) = data.run_requests or []
     assert request.asset_selection is None
 
 
-def test_without_a_database_file_the_schedules_request_as_usual(defs, db_path: Path, persistent_instance) -> None:
+def test_without_a_database_file_the_schedules_request_as_usual(
+    defs, db_path: Path, persistent_instance
+) -> None:
     for name in (INCREMENTAL_SCHEDULE, REPLACE_SCHEDULE):
         data, log = evaluate(defs, persistent_instance, name)
         (request,) = data.run_requests or []
@@ -156,14 +168,17 @@ def test_without_a_database_file_the_schedules_request_as_usual(defs, db_path: P
     assert not db_path.exists()  # reading the deferrals created nothing
 
 
-def test_a_locked_database_does_not_hold_the_schedules_back(
-    defs, db_path: Path, persistent_instance
-) -> None:
+def test_a_locked_database_does_not_hold_the_schedules_back(defs, db_path: Path, persistent_instance) -> None:
     write_deferrals(db_path, schema_of(defs), {"events": AT + timedelta(days=1)})
     # Another process holds the file (as a running load does): DuckDB lets no one else open it.
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import duckdb, sys; c = duckdb.connect(sys.argv[1]); print('ready', flush=True); "
-         "sys.stdin.read()", str(db_path)],
+        [
+            sys.executable,
+            "-c",
+            "import duckdb, sys; c = duckdb.connect(sys.argv[1]); print('ready', flush=True); "
+            "sys.stdin.read()",
+            str(db_path),
+        ],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
@@ -171,7 +186,9 @@ def test_a_locked_database_does_not_hold_the_schedules_back(
     try:
         assert holder.stdout is not None and holder.stdout.readline().strip() == "ready"
         manager = KlaviyoDuckDBIOManager(database=str(db_path), schema=schema_of(defs), lock_timeout_s=0.2)
-        data, log = evaluate(defs, persistent_instance, INCREMENTAL_SCHEDULE, resources={IO_MANAGER_KEY: manager})
+        data, log = evaluate(
+            defs, persistent_instance, INCREMENTAL_SCHEDULE, resources={IO_MANAGER_KEY: manager}
+        )
     finally:
         assert holder.stdin is not None
         holder.stdin.close()
@@ -187,21 +204,26 @@ def test_a_locked_database_does_not_hold_the_schedules_back(
 
 def tick(defs: dg.Definitions, instance: dg.DagsterInstance, cursor: str | None) -> dg.SensorResult:
     sensor = defs.resolve_sensor_def(CHANGE_SENSOR)
-    context = dg.build_sensor_context(instance=instance, cursor=cursor, resources=defs.resources)
-    result = sensor(context)
+    with dg.build_sensor_context(instance=instance, cursor=cursor, resources=defs.resources) as context:
+        result = sensor(context)
     assert isinstance(result, dg.SensorResult)
     return result
 
 
 def requested(result: dg.SensorResult) -> dict[str, set[str]]:
-    return {r.partition_key or "": {k.path[-1] for k in r.asset_selection or []} for r in result.run_requests or []}
+    return {
+        r.partition_key or "": {k.path[-1] for k in r.asset_selection or []}
+        for r in result.run_requests or []
+    }
 
 
 def test_the_sensor_does_not_probe_a_deferred_table_and_keeps_its_mark(
     defs, simulator: KlaviyoSimulator, db_path: Path, persistent_instance, instance
 ) -> None:
     assets = [defs.get_assets_def(asset_key(get_table(t))) for t in ("profiles", "events")]
-    landed = dg.materialize(assets, partition_key=LAST_DAY.isoformat(), instance=instance, resources=defs.resources)
+    landed = dg.materialize(
+        assets, partition_key=LAST_DAY.isoformat(), instance=instance, resources=defs.resources
+    )
     assert landed.success
     first = tick(defs, persistent_instance, None)
     simulator.mutate("profiles", updated=1, added=1, at=datetime(2024, 1, 12, 10, tzinfo=UTC))

@@ -7,7 +7,12 @@ the identical run then fetches only the rest and the table equals the simulator'
 
 from __future__ import annotations
 
-from datetime import UTC, date, datetime, timedelta
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import dagster as dg
@@ -35,20 +40,20 @@ def every_page(monkeypatch: pytest.MonkeyPatch) -> None:
 def ledger(db_path: Path) -> list[tuple[datetime, datetime, str]]:
     with duckdb.connect(str(db_path), read_only=True) as conn:
         return conn.execute(
-            f"SELECT stretch_start, stretch_end, run_id FROM {qualified_name(conn, 'klaviyo', CHECKPOINTS_TABLE)} "
-            "ORDER BY 1"
+            "SELECT stretch_start, stretch_end, run_id "
+            f"FROM {qualified_name(conn, 'klaviyo', CHECKPOINTS_TABLE)} ORDER BY 1"
         ).fetchall()
 
 
-def events_by_day(db_path: Path) -> dict[date, set[str]]:
+def events_between(db_path: Path, stretches: list[tuple[datetime, datetime, str]]) -> set[str]:
+    """Ids of the table's events, checking each lies in one of ``stretches``."""
     with duckdb.connect(str(db_path), read_only=True) as conn:
         rows = conn.execute(
             f"SELECT id, datetime FROM {qualified_name(conn, 'klaviyo', 'events')}"
         ).fetchall()
-    found: dict[date, set[str]] = {}
-    for event_id, when in rows:
-        found.setdefault(when.astimezone(UTC).date(), set()).add(event_id)
-    return found
+    outside = [i for i, when in rows if not any(start <= when < end for start, end, _ in stretches)]
+    assert not outside, f"{len(outside)} events outside the committed stretches"
+    return {event_id for event_id, _ in rows}
 
 
 def materialize_events(
@@ -76,7 +81,7 @@ def failing_resources(defs: dg.Definitions) -> dict[str, object]:
     return {**defs.resources, "klaviyo": klaviyo}
 
 
-def test_a_run_failing_part_way_commits_whole_days_and_the_same_run_resumes(
+def test_a_run_failing_part_way_commits_complete_stretches_and_the_same_run_resumes(
     defs, simulator: KlaviyoSimulator, db_path, instance, every_page
 ) -> None:
     pages = len(simulator.ids("events")) // 50
@@ -85,13 +90,10 @@ def test_a_run_failing_part_way_commits_whole_days_and_the_same_run_resumes(
     assert not failed.success
     committed = ledger(db_path)
     assert committed, "the failed run committed nothing"
-    days = events_by_day(db_path)
-    for start, end, _run in committed:  # every committed day is whole: all its events, no other
-        day = start.astimezone(UTC)
-        while day < end:
-            want = simulator.ids("events", day, day + timedelta(days=1))
-            assert days.get(day.date(), set()) == want, day
-            day += timedelta(days=1)
+    # The table holds exactly the events of the committed stretches: each whole, none beyond.
+    assert events_between(db_path, committed) == {
+        event_id for start, end, _run in committed for event_id in simulator.ids("events", start, end)
+    }
     loaded = set(table_ids(db_path, "events"))
     assert loaded < simulator.ids("events")
 
@@ -149,3 +151,159 @@ def test_no_resume_fetches_everything(
     meta = result.asset_materializations_for_node(op)[-1].metadata
     assert meta["resumed"].value is False
     assert set(table_ids(db_path, "events")) == simulator.ids("events")
+
+
+OMNILOAD = Path(sys.executable).parent / "omniload"
+
+
+def cli_env(simulator: KlaviyoSimulator, tmp_path: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OMNILOAD_", "KLAVIYO_", "DAGSTER_"))}
+    env.update(
+        {
+            "KLAVIYO_API_KEY": simulator.api_key,
+            "KLAVIYO_BASE_URL": simulator.base_url,
+            "OMNILOAD_STAGING_DIR": str(tmp_path / "staging"),
+            "OMNILOAD_CHECKPOINT_EVERY_S": "0",
+        }
+    )
+    return env
+
+
+@pytest.fixture
+def big_simulator() -> Iterator[KlaviyoSimulator]:
+    """30 pages of 1,000 events (the CLI's page size)."""
+    with KlaviyoSimulator(
+        seed=5, start=SIM_START, end=SIM_END, rate_limits=False, scale={"events": 30_000}
+    ) as sim:
+        yield sim
+
+
+def test_omniload_ingest_killed_mid_run_resumes_with_the_identical_command(
+    big_simulator: KlaviyoSimulator, tmp_path: Path
+) -> None:
+    simulator = big_simulator
+    db_path = tmp_path / "klaviyo.duckdb"
+    # One request at a time: every page's complete days are committed before the next request goes.
+    command = [
+        str(OMNILOAD),
+        "ingest",
+        "--source-table",
+        "events",
+        "--dest-uri",
+        f"duckdb:///{db_path}",
+        "--interval-start",
+        FIRST_DAY.isoformat(),
+        "--interval-end",
+        SIM_END.date().isoformat(),
+        "--extract-parallelism",
+        "1",
+        "--progress",
+        "log",
+    ]
+    env = cli_env(simulator, tmp_path)
+    pages = len(simulator.ids("events")) // 1000
+    stall = simulator.set_fault("slow", after=pages * 8 // 10, seconds=20, path="/api/events")
+    with subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE) as run:
+        try:
+            assert stall.fired.wait(60), "the run never reached 80% of its requests"
+        finally:
+            run.kill()  # SIGKILL: no cleanup, no last checkpoint
+        run.communicate()
+    assert run.returncode == -signal.SIGKILL
+    committed = ledger(db_path)
+    assert committed
+    partial = set(table_ids(db_path, "events"))
+    assert partial and partial < simulator.ids("events")
+    simulator.clear_faults()
+
+    before = simulator.stats.requests.get("/api/events", 0)
+    resumed = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "events: resuming run" in resumed.stderr
+    assert set(table_ids(db_path, "events")) == simulator.ids("events")
+    requests = simulator.stats.requests.get("/api/events", 0) - before
+    assert requests <= pages * 3 // 10, requests  # the last 20% and the day it was in
+    assert not ledger(db_path)
+
+
+YEAR_START, YEAR_END = datetime(2023, 1, 1, tzinfo=UTC), datetime(2024, 1, 1, tzinfo=UTC)
+
+
+@pytest.fixture
+def year_simulator() -> Iterator[KlaviyoSimulator]:
+    """A year of events in 40 pages: the 40 workers each page a stretch of days."""
+    scale = {"events": 40_000}
+    with KlaviyoSimulator(seed=9, start=YEAR_START, end=YEAR_END, rate_limits=False, scale=scale) as sim:
+        yield sim
+
+
+def test_dagster_asset_materialize_out_of_quota_reports_committed_days_and_resumes(
+    year_simulator: KlaviyoSimulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    simulator = year_simulator
+    db_path = tmp_path / "klaviyo.duckdb"
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    env = {
+        **cli_env(simulator, tmp_path),
+        "DAGSTER_HOME": str(home),
+        "OMNILOAD_START_DATE": YEAR_START.date().isoformat(),
+        "OMNILOAD_DUCKDB_PATH": str(db_path),
+    }
+    dagster = str(Path(sys.executable).with_name("dagster"))
+    command = [dagster, "asset", "materialize", "-m", "omniload_assets", "--select", "klaviyo/events"]
+    command += ["--partition-range", "2023-01-01...2023-12-31"]
+    simulator.set_fault("429", after=25, retry_after=7200, path="/api/events")
+    failed = subprocess.run(command, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert failed.returncode != 0
+    assert "days are committed and the same run resumes from them" in failed.stderr
+    assert "schedules and the sensor wait until" in failed.stderr
+    committed = joined(ledger(db_path))
+    committed_days = {
+        d
+        for d in day_keys(committed)
+        if any(s <= day_bounds(d)[0] and day_bounds(d)[1] <= e for s, e, _ in committed)
+    }
+    assert committed_days
+    monkeypatch.setenv("DAGSTER_HOME", str(home))
+    with dg.DagsterInstance.get() as instance:
+        materialized = instance.get_materialized_partitions(asset_key(EVENTS))
+    assert materialized == committed_days  # the partition bar shows what the failed run committed
+
+    in_committed = sum(len(simulator.ids("events", start, end)) for start, end, _ in committed)
+
+    simulator.clear_faults()
+    before = simulator.stats.records
+    resumed = subprocess.run(command, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "events: resuming run" in resumed.stderr
+    assert set(table_ids(db_path, "events")) == simulator.ids("events")
+    served = simulator.stats.records - before
+    assert served <= len(simulator.ids("events")) - in_committed + 1000  # the committed stretches skipped
+
+
+def joined(stretches: list[tuple[datetime, datetime, str]]) -> list[tuple[datetime, datetime, str]]:
+    """Touching stretches (of successive checkpoints) as one."""
+    out: list[tuple[datetime, datetime, str]] = []
+    for start, end, run in sorted(stretches):
+        if out and start <= out[-1][1]:
+            out[-1] = (out[-1][0], max(end, out[-1][1]), run)
+        else:
+            out.append((start, end, run))
+    return out
+
+
+def day_keys(stretches: list[tuple[datetime, datetime, str]]) -> set[str]:
+    """The days the stretches touch."""
+    days = set()
+    for start, end, _ in stretches:
+        day = start.astimezone(UTC).date()
+        while datetime.combine(day, datetime.min.time(), UTC) < end:
+            days.add(day.isoformat())
+            day += timedelta(days=1)
+    return days
+
+
+def day_bounds(iso: str) -> tuple[datetime, datetime]:
+    start = datetime.fromisoformat(iso).replace(tzinfo=UTC)
+    return start, start + timedelta(days=1)

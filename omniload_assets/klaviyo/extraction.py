@@ -362,19 +362,24 @@ class Extraction(Generic[T]):
         for thread in threads:
             thread.start()
         finished = 0
+        error: BaseException | None = None
         try:
             while finished < len(threads):
                 item = out.get()
                 if item is None:
                     finished += 1
                 elif isinstance(item, BaseException):
-                    raise item
+                    # Raised once every worker has stopped: the pages they had in flight still count
+                    # (a failed run commits what is complete).
+                    error = error or item
                 else:
                     rows, variant, covered = item
                     del item
                     yield rows
                     del rows
                     self._handed_on(variant, covered)
+            if error is not None:
+                raise error
         finally:
             self._cancel()
             # Drain so workers blocked on a full queue can see the cancellation and exit.
@@ -391,7 +396,8 @@ class Extraction(Generic[T]):
 
     def _work(self, out: queue.Queue[Any]) -> None:
         """One worker: run tasks until none is left, putting each page's rows on ``out``, then
-        ``None``; an error goes on ``out`` too (the consumer raises it) and cancels the rest."""
+        ``None``; an error goes on ``out`` too (the consumer raises it) and cancels the rest: the
+        other workers hand on the page they are fetching and stop."""
         try:
             while (task := self._queue.take(self._cancelled)) is not None:
                 try:
@@ -408,14 +414,18 @@ class Extraction(Generic[T]):
         steps = self.run_task(task)
         while True:
             self._limit.acquire(self._cancelled)
+            if self._cancelled.is_set():
+                self._limit.release(received=False)
+                return
             step = None  # bound even when next() raises (the error must surface)
             try:
                 step = next(steps, None)
             finally:
                 self._limit.release(received=step is not None)
-            if step is None or self._cancelled.is_set():
+            if step is None:
                 return
-            self._queue.add(step.handed_over)
+            if not self._cancelled.is_set():
+                self._queue.add(step.handed_over)
             item = (self._rows(step.batch), task.variant, step.covered)
             del step
             out.put(item)

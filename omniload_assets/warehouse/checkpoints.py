@@ -191,10 +191,9 @@ def active_deferrals(conn: duckdb.DuckDBPyConnection, schema: str, now: datetime
     _aware(now, "now")
     if not table_exists(conn, schema, DEFERRALS_TABLE):
         return {}
+    target = qualified_name(conn, schema, DEFERRALS_TABLE)
     rows = conn.execute(
-        f"SELECT source, epoch_us(until), reason, run_id FROM {qualified_name(conn, schema, DEFERRALS_TABLE)} "
-        "WHERE until > ? ORDER BY source",
-        [now],
+        f"SELECT source, epoch_us(until), reason, run_id FROM {target} WHERE until > ? ORDER BY source", [now]
     ).fetchall()
     return {
         str(source): Deferral(str(source), _from_us(until), str(reason), str(run_id))

@@ -8,7 +8,8 @@ loads into a fresh DuckDB file with the seed's command (events into ``dest.event
 ``--extract-parallelism 20``); a re-run is the identical command on the same file.
 
 - baseline: one full run (the production checkpoint interval, so no checkpoint falls inside it);
-  the requests it takes are the 100% the re-runs are measured against.
+  the requests it takes are the 100% the re-runs are measured against. A second full run with the
+  short interval shows what checkpointing costs.
 - kill -9: the run is killed (SIGKILL to its process group) once the simulator has served 80% of
   the baseline's requests; the ledger is shown, then the re-run resumes (target: <= 30%).
 - outage: every request after 60% of the baseline's answers 503 until ``heal``; the run gives up.
@@ -36,7 +37,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import IO, Any
@@ -80,7 +81,6 @@ class Run:
     baseline: int = 0
     rows: int | None = None
     checked: str = "-"
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def share(self) -> float | None:
@@ -255,6 +255,8 @@ class Ledger:
 
 def ledger(database: Path, start: datetime, end: datetime) -> Ledger:
     """The checkpoints committed for ``[start, end)`` (cut to it) and the loaded table's rows."""
+    if not database.exists():  # killed before its first write
+        return Ledger(None, [], None, 0)
     schema, name = DEST_TABLE.split(".")
     with duckdb.connect(str(database), read_only=True) as conn:
         checkpoints = find_table(conn, "_omniload_checkpoints")
@@ -291,6 +293,8 @@ def committed_check(sim: Simulator, database: Path, held: Ledger) -> str:
 
 def deferrals(database: Path) -> tuple[str | None, list[dict[str, Any]]]:
     """The ``_omniload_deferrals`` table's name and its rows (None, [] when there is none)."""
+    if not database.exists():
+        return None, []
     with duckdb.connect(str(database), read_only=True) as conn:
         table = find_table(conn, "_omniload_deferrals")
         if table is None:
@@ -355,15 +359,24 @@ class Bench:
         return run
 
     def full(self) -> None:
-        """The baseline: a full run into a fresh file, with the production checkpoint interval."""
+        """The baseline: a full run into a fresh file with the production checkpoint interval (none
+        falls inside it), then one with the short interval, for what checkpointing costs."""
         self.say(
-            "\nbaseline: a full run into a fresh DuckDB file "
-            f"(checkpoints every {PRODUCTION_CHECKPOINT_S} s, the production default)"
+            "\nbaseline: full runs into fresh DuckDB files, checkpoints every "
+            f"{PRODUCTION_CHECKPOINT_S} s (the production default), then every {self.every:g} s"
         )
         run = self.measured(self.ingest.fresh(), "baseline", "full run", checkpoint_every_s=None)
         if run.exit_code != 0 or run.checked != "ok":
             raise RuntimeError(f"the baseline run failed: {run.error_line()}")
         self.baseline = run.requests
+        often = self.measured(
+            self.ingest.fresh(),
+            "baseline",
+            f"checkpoints every {self.every:g}s",
+            checkpoint_every_s=self.every,
+        )
+        said = often.lines("checkpoint ")
+        self.say(f"  {len(said)} checkpoint(s) logged; the last: {said[-1] if said else '-'}")
 
     def kill9(self) -> None:
         """Kill -9 at 80% of the baseline's requests, show the ledger, re-run the identical command."""
@@ -382,8 +395,8 @@ class Bench:
 
     def show_ledger(self, where: Path, run: Run) -> None:
         """The run's last checkpoint line and what the ledger holds for the range."""
-        said = run.lines("checkpoint")
-        self.say(f"  {len(said)} checkpoint line(s) logged; the last: {said[-1] if said else '-'}")
+        said = run.lines("checkpoint ")
+        self.say(f"  {len(said)} checkpoint(s) logged; the last: {said[-1] if said else '-'}")
         held = ledger(where / DATABASE, self.ingest.start, self.ingest.end)
         days = (self.ingest.end - self.ingest.start).days
         rows = f"{held.rows:,}" if held.rows is not None else "no"
@@ -479,7 +492,9 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def run(out: IO[str], events: int, days: int, checkpoint_every_s: float, timeout: float) -> list[Run]:
+def run(
+    out: IO[str], events: int, days: int, checkpoint_every_s: float, timeout: float, keep: bool = False
+) -> list[Run]:
     """Build the simulator, run the four scenarios, print the summary; the runs measured."""
     end = DATA_START + timedelta(days=days)
     out.write(
@@ -507,7 +522,10 @@ def run(out: IO[str], events: int, days: int, checkpoint_every_s: float, timeout
         summarize(out, bench.runs)
     finally:
         sim.close()
-        shutil.rmtree(work, ignore_errors=True)
+        if keep:
+            out.write(f"kept the scenarios' files and output in {work}\n")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
     return bench.runs
 
 
@@ -527,8 +545,9 @@ def main() -> None:
         help="OMNILOAD_CHECKPOINT_EVERY_S of the runs after the baseline (production: 300)",
     )
     parser.add_argument("--timeout", type=float, default=600, help="seconds allowed per command")
+    parser.add_argument("--keep", action="store_true", help="keep the DuckDB files and the runs' output")
     args = parser.parse_args()
-    run(sys.stdout, args.events, args.days, args.checkpoint_every, args.timeout)
+    run(sys.stdout, args.events, args.days, args.checkpoint_every, args.timeout, args.keep)
 
 
 if __name__ == "__main__":

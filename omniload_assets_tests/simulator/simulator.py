@@ -220,8 +220,8 @@ class KlaviyoSimulator:
         seconds: float = 30.0,
         malformed: bool = False,
         after: int = 0,
-    ) -> None:
-        """Arm a fault: ``500``/``502``/``503``/``504``, ``429`` (``retry_after``), ``slow``
+    ) -> Fault:
+        """Arm a fault (returned: its ``fired`` event says when it first struck): ``500``/``502``/``503``/``504``, ``429`` (``retry_after``), ``slow``
         (stall ``seconds``), ``drop`` (close mid-body), ``truncate`` (short body, or complete but
         ``malformed`` JSON), ``repeat_cursor`` (``links.next`` = this page again).
 
@@ -234,7 +234,9 @@ class KlaviyoSimulator:
             path = any_endpoint(path).path
         elif path is not None:
             path = path.rstrip("/")
-        self._api.faults.add(Fault(kind, rate, count, path, retry_after, seconds, malformed, after))
+        fault = Fault(kind, rate, count, path, retry_after, seconds, malformed, after)
+        self._api.faults.add(fault)
+        return fault
 
     def clear_faults(self) -> None:
         """Disarm every fault."""
