@@ -221,9 +221,10 @@ class KlaviyoSimulator:
         malformed: bool = False,
         after: int = 0,
     ) -> Fault:
-        """Arm a fault (returned: its ``fired`` event says when it first struck): ``500``/``502``/``503``/``504``, ``429`` (``retry_after``), ``slow``
-        (stall ``seconds``), ``drop`` (close mid-body), ``truncate`` (short body, or complete but
-        ``malformed`` JSON), ``repeat_cursor`` (``links.next`` = this page again).
+        """Arm a fault and return it (its ``fired`` event says when it first struck):
+        ``500``/``502``/``503``/``504``, ``429`` (``retry_after``), ``slow`` (stall ``seconds``),
+        ``drop`` (close mid-body), ``truncate`` (short body, or complete but ``malformed`` JSON),
+        ``repeat_cursor`` (``links.next`` = this page again).
 
         ``rate``: probability per matching request (seeded); ``count``: only the next N matching
         requests; ``path``: only that endpoint (``/api/events`` or ``events``; a nested one by name,
