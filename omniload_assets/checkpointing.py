@@ -178,6 +178,7 @@ class Checkpoints:
         if not self.context.has_partition_key_range:
             return
         wanted = set(self.context.partition_keys)
+        table = f"{self.warehouse.schema_name}.{self.warehouse.table_name(self.spec)}"
         for key in days:
             if key in wanted:
                 self.context.log_event(
@@ -185,7 +186,11 @@ class Checkpoints:
                         asset_key=self.context.asset_key,
                         partition=key,
                         description="committed by a checkpoint of a longer run",
-                        metadata={"checkpoint": self.commits, "run_rows_committed": self.rows},
+                        metadata={
+                            "dagster/table_name": table,
+                            "checkpoint": self.commits,
+                            "rows_committed_by_the_run": self.rows,
+                        },
                     )
                 )
 

@@ -282,3 +282,37 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def ledger(db_path: Path, schema: str = "klaviyo") -> list[tuple[datetime, datetime, str]]:
+    """The stretches checkpoints committed (``_omniload_checkpoints``): start, end, run; sorted."""
+    from omniload_assets.warehouse.checkpoints import CHECKPOINTS_TABLE
+    from omniload_assets.warehouse.reads import qualified_name, table_exists
+
+    if not db_path.exists():
+        return []
+    with duckdb.connect(str(db_path), read_only=True) as conn:
+        if not table_exists(conn, schema, CHECKPOINTS_TABLE):
+            return []
+        return conn.execute(
+            "SELECT stretch_start, stretch_end, run_id "
+            f"FROM {qualified_name(conn, schema, CHECKPOINTS_TABLE)} ORDER BY 1"
+        ).fetchall()
+
+
+def assert_unchanged_outside_checkpoints(
+    db_path: Path, before: dict[str, list[tuple[Any, ...]]], key_index: int = 2
+) -> None:
+    """A failed run changed no row but those of the stretches its checkpoints committed (issue 19):
+    the rows whose key (column ``key_index``) lies outside them are as ``before``."""
+    stretches = ledger(db_path)
+    after = snapshot(db_path, before)
+
+    def outside(rows: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
+        return [r for r in rows if not any(start <= r[key_index] < end for start, end, _ in stretches)]
+
+    for table, rows in before.items():
+        if table == "events":
+            assert outside(after[table]) == outside(rows), table
+        else:
+            assert after[table] == rows, table

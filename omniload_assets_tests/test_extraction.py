@@ -17,6 +17,7 @@ from omniload_assets.klaviyo.client import ClientStats, KlaviyoClient
 from omniload_assets.klaviyo.decoders import LocalDecoder
 from omniload_assets.klaviyo.errors import (
     KlaviyoPermissionError,
+    KlaviyoUnavailableError,
 )
 from omniload_assets.klaviyo.extraction import (
     MIN_IN_FLIGHT,
@@ -739,3 +740,93 @@ def test_paced_extraction_sees_few_429s_under_real_limits() -> None:
         assert set(got) == expected
         assert stats.requests >= len(expected) / page_size  # no page holds more than page_size
         assert sim.stats.throttled == stats.throttled <= 1
+
+
+# -- what is completely fetched (checkpoints), and skipping what is done (resume) -------------------
+
+
+def run_recording_completed(
+    sim: KlaviyoSimulator,
+    table: str,
+    window: TimeWindow,
+    *,
+    parallelism: int,
+    done: list[TimeWindow] | None = None,
+    page_size: int = 20,
+) -> tuple[list[tuple[list[str], list[TimeWindow]]], Extraction]:
+    """Each page's ids with what the extraction called complete once the page was handed on."""
+    spec = get_table(table)
+    seen: list[tuple[list[str], list[TimeWindow]]] = []
+    with KlaviyoClient(sim.api_key, base_url=sim.base_url) as client:
+        run = Extraction(
+            client,
+            spec,
+            window,
+            RecordsDecoder(spec),
+            page_size=page_size,
+            parallelism=parallelism,
+            done=done or [],
+        )
+        for records in run:
+            seen.append(([r["id"] for r in records], run.completed()))
+        seen.append(([], run.completed()))
+    return seen, run
+
+
+@pytest.mark.parametrize("parallelism", [1, 6])
+@pytest.mark.parametrize(("table", "page_size"), [("events", 20), ("profiles", 5), ("campaigns", 2)])
+def test_what_is_called_complete_has_every_record_already_handed_on(
+    simulator, table, page_size, parallelism
+) -> None:
+    seen, _run = run_recording_completed(
+        simulator, table, WINDOW, parallelism=parallelism, page_size=page_size
+    )
+    handed_on: set[str] = set()
+    grew = 0
+    for page_ids, completed in seen[:-1]:
+        handed_on |= set(page_ids)
+        for part in completed:  # lags a page behind: never ahead of the rows handed on
+            missing = simulator.ids(table, part.start, part.end) - handed_on
+            assert not missing, f"{part} called complete without {len(missing)} of its records"
+        grew += bool(completed)
+    assert grew, "nothing was ever called complete before the end: the test proves nothing"
+    assert seen[-1][1] == [WINDOW]
+
+
+def test_a_resumed_extraction_fetches_only_what_is_not_done(simulator) -> None:
+    done = [
+        TimeWindow(WINDOW.start, datetime(2024, 1, 4, 6, tzinfo=UTC)),
+        TimeWindow(datetime(2024, 1, 5, 12, tzinfo=UTC), datetime(2024, 1, 7, tzinfo=UTC)),
+    ]
+    seen, run = run_recording_completed(simulator, "events", WINDOW, parallelism=4, done=done)
+    got = [i for page_ids, _ in seen for i in page_ids]
+    expected = simulator.ids("events", WINDOW.start, WINDOW.end) - {
+        i for part in done for i in simulator.ids("events", part.start, part.end)
+    }
+    assert expected
+    assert sorted(got) == sorted(expected)  # none of the done stretches, none twice
+    assert [t.window for t in run.tasks] == [
+        TimeWindow(done[0].end, done[1].start),
+        TimeWindow(done[1].end, WINDOW.end),
+    ]
+    assert seen[0][1] == done  # what was done counts as complete from the start
+    assert seen[-1][1] == [WINDOW]
+
+
+def test_only_windows_the_api_filters_can_skip_what_is_done(client) -> None:
+    with pytest.raises(ValueError, match="cannot skip"):
+        Extraction(client, get_table("metrics"), WINDOW, LocalDecoder(get_table("metrics")), done=[WINDOW])
+
+
+def test_a_failing_worker_lets_the_others_hand_on_the_pages_they_fetched(simulator) -> None:
+    """The run raises once every worker has stopped, after the pages already fetched, so a failed
+    run can commit them."""
+    simulator.set_fault("503", after=12, path="/api/events")
+    spec = get_table("events")
+    pages = 0
+    with KlaviyoClient(simulator.api_key, base_url=simulator.base_url, max_retries=0) as client:
+        run = Extraction(client, spec, WINDOW, RecordsDecoder(spec), page_size=20, parallelism=6)
+        with pytest.raises(KlaviyoUnavailableError):
+            for _records in run:
+                pages += 1
+    assert pages == simulator.stats.statuses[200] >= 12  # every page the server answered reached us

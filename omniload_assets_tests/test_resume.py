@@ -22,9 +22,10 @@ import pytest
 from omniload_assets.assets import asset_key
 from omniload_assets.klaviyo.catalog import get_table
 from omniload_assets.runner import partition_range_tags
-from omniload_assets.warehouse.checkpoints import CHECKPOINTS_TABLE, DEFERRALS_TABLE
+from omniload_assets.warehouse.checkpoints import DEFERRALS_TABLE
 from omniload_assets.warehouse.reads import qualified_name
 from omniload_assets_tests.conftest import SIM_END, SIM_START, table_ids
+from omniload_assets_tests.harness import ledger
 from omniload_assets_tests.simulator import KlaviyoSimulator
 
 FIRST_DAY, LAST_DAY = SIM_START.date(), (SIM_END - timedelta(days=1)).date()
@@ -35,14 +36,6 @@ EVENTS = get_table("events")
 def every_page(monkeypatch: pytest.MonkeyPatch) -> None:
     """Checkpoints as soon as a day completes (production: every few minutes)."""
     monkeypatch.setenv("OMNILOAD_CHECKPOINT_EVERY_S", "0")
-
-
-def ledger(db_path: Path) -> list[tuple[datetime, datetime, str]]:
-    with duckdb.connect(str(db_path), read_only=True) as conn:
-        return conn.execute(
-            "SELECT stretch_start, stretch_end, run_id "
-            f"FROM {qualified_name(conn, 'klaviyo', CHECKPOINTS_TABLE)} ORDER BY 1"
-        ).fetchall()
 
 
 def events_between(db_path: Path, stretches: list[tuple[datetime, datetime, str]]) -> set[str]:
@@ -307,3 +300,36 @@ def day_keys(stretches: list[tuple[datetime, datetime, str]]) -> set[str]:
 def day_bounds(iso: str) -> tuple[datetime, datetime]:
     start = datetime.fromisoformat(iso).replace(tzinfo=UTC)
     return start, start + timedelta(days=1)
+
+
+def test_checkpoints_older_than_the_max_age_are_not_resumed_from(
+    defs, simulator: KlaviyoSimulator, db_path, instance, every_page, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pages = len(simulator.ids("events")) // 50
+    simulator.set_fault("503", rate=1.0, after=pages // 2)
+    assert not materialize_events(defs, instance, failing_resources(defs)).success
+    assert ledger(db_path)
+    simulator.clear_faults()
+    monkeypatch.setenv("OMNILOAD_CHECKPOINT_MAX_AGE_H", "0")
+    result = materialize_events(defs, instance, failing_resources(defs))
+    assert result.success
+    op = defs.get_assets_def(asset_key(EVENTS)).op.name
+    assert result.asset_materializations_for_node(op)[-1].metadata["resumed"].value is False
+
+
+def test_no_resume_reaches_every_partitioned_asset_of_the_cli_run(defs) -> None:
+    from omniload_assets.cli import build_parser, plan_ingest
+    from omniload_assets.runner import window_run_config
+
+    args = build_parser().parse_args(
+        ["ingest", "--source-table", "events", "--source-uri", "klaviyo://?api_key=pk_x"]
+    )
+    assert plan_ingest(args).resume is True
+    args = build_parser().parse_args(
+        ["ingest", "--source-table", "events", "--source-uri", "klaviyo://?api_key=pk_x", "--no-resume"]
+    )
+    assert plan_ingest(args).resume is False
+    assets = [defs.get_assets_def(asset_key(t)) for t in (EVENTS, get_table("tags"))]
+    config = window_run_config(assets, None, None, resume=False)
+    assert config == {"ops": {assets[0].op.name: {"config": {"resume": False}}}}
+    assert window_run_config(assets, None, None) == {}
