@@ -45,8 +45,12 @@ bench: install $(INGESTR_VENV)/bin/ingestr  ## the commands users run vs ingestr
 soak: install  ## a few minutes of syncs under faults and changing data; DuckDB must match every round
 	$(BIN)/python -m omniload_assets_tests.soak --minutes $(or $(SOAK_MINUTES),3)
 
-dev: install  ## the Dagster UI on http://127.0.0.1:3000 (set KLAVIYO_API_KEY first)
-	$(BIN)/dagster dev -w workspace.yaml
+DAGSTER_HOME_DIR := $(CURDIR)/.dagster_home
+
+dev: install  ## the Dagster UI on http://127.0.0.1:3000, pools limited to 1 per endpoint (set KLAVIYO_API_KEY first)
+	mkdir -p $(DAGSTER_HOME_DIR)
+	cp omniload_assets/dagster.yaml $(DAGSTER_HOME_DIR)/dagster.yaml
+	DAGSTER_HOME=$(DAGSTER_HOME_DIR) $(BIN)/dagster dev -w workspace.yaml
 
 spec-diff: install  ## what a newer Klaviyo OpenAPI document changes for the 15 tables: make spec-diff SPEC=new.json
 	@test -n "$(SPEC)" || { echo "usage: make spec-diff SPEC=path/to/openapi.json"; exit 2; }

@@ -10,6 +10,7 @@ import logging
 import time
 import warnings
 from collections.abc import Callable, Sequence
+from datetime import timedelta
 from functools import cache
 from importlib import resources
 from typing import Any
@@ -19,11 +20,12 @@ import pyarrow as pa
 
 from omniload_assets import checkpointing, progress, settings
 from omniload_assets.klaviyo import extraction
-from omniload_assets.klaviyo.catalog import TABLES, TableSpec, get_table
+from omniload_assets.klaviyo.catalog import TableSpec, get_table
 from omniload_assets.klaviyo.client import ClientStats
 from omniload_assets.klaviyo.decoders import Decoder, decoder_for
 from omniload_assets.klaviyo.resource import KlaviyoResource
 from omniload_assets.klaviyo.windows import TimeWindow
+from omniload_assets.layout import DEFAULT_PREFIX, Layout, parse_prefix
 from omniload_assets.partitions import WindowConfig, daily_partitions, run_window
 from omniload_assets.warehouse.io_manager import KlaviyoDuckDBIOManager
 from omniload_assets.warehouse.reads import DELETED_AT, active_ids, table_exists
@@ -38,8 +40,16 @@ LOG_EVERY_PAGES = 50
 log = logging.getLogger(__name__)
 
 
-def asset_key(spec: TableSpec) -> dg.AssetKey:
-    return dg.AssetKey([KEY_PREFIX, spec.asset_name])
+def asset_key(spec: TableSpec, prefix: str | Sequence[str] | None = None) -> dg.AssetKey:
+    """``klaviyo/<table>``, or the table under ``prefix`` (``raw/klaviyo`` or ``["raw", "klaviyo"]``)."""
+    parts = DEFAULT_PREFIX if prefix is None else parse_prefix(prefix)
+    return dg.AssetKey([*parts, spec.asset_name])
+
+
+def pool_name(spec: TableSpec) -> str:
+    """The concurrency pool of the table's endpoint, whatever the key prefix: one Klaviyo account's
+    rate limit is per endpoint, so every run extracting (or sweeping) it shares the pool."""
+    return f"{KEY_PREFIX}_{spec.asset_name}"
 
 
 @cache
@@ -73,9 +83,11 @@ class ParentNotLoadedError(RuntimeError):
     """A child table's parent table is not in the warehouse yet."""
 
 
-def parent_ids(warehouse: KlaviyoDuckDBIOManager, parent: TableSpec) -> list[str]:
+def parent_ids(
+    warehouse: KlaviyoDuckDBIOManager, parent: TableSpec, key: dg.AssetKey | None = None
+) -> list[str]:
     """The ids of ``parent``'s table in the warehouse, rows marked deleted left out; a one-line
-    :class:`ParentNotLoadedError` when the table is not there."""
+    :class:`ParentNotLoadedError` (naming the parent's asset ``key``) when the table is not there."""
     reader = warehouse.reader()
     table = reader.table_name(parent)
     with reader.connect() as conn:
@@ -83,7 +95,7 @@ def parent_ids(warehouse: KlaviyoDuckDBIOManager, parent: TableSpec) -> list[str
             return active_ids(conn, reader.schema, table)
     raise ParentNotLoadedError(
         f"{reader.schema}.{table} is not in the warehouse yet: materialize "
-        f"{asset_key(parent).to_user_string()} first (its ids say whose children to load)"
+        f"{(key or asset_key(parent)).to_user_string()} first (its ids say whose children to load)"
     )
 
 
@@ -99,9 +111,14 @@ def extract(
     Parquet: the client fetches, extraction plans, the decoder makes rows, the stager writes them
     (see the README's Design). A long run over a window commits its complete days as it goes, and
     resumes a failed attempt's (:mod:`omniload_assets.checkpointing`)."""
+    from omniload_assets.partitions import is_partitioned_run, write_options
+
+    spec = klaviyo.table_spec(spec)  # the resource's opt-ins: profiles' predictive analytics
     window = run_window(context, config)
+    # The run config's write options, checked before any request; only a plain merge checkpoints.
+    write = write_options(spec, config, window, partitioned_run=is_partitioned_run(context))
     resume = None
-    if window is not None and checkpointing.applies(spec, window):
+    if window is not None and checkpointing.applies(spec, window) and write.checkpoints:
         resume = checkpointing.plan_resume(warehouse, spec, window, resume=config.resume)
         _say(context, resume.describe(spec.name))
     what = (
@@ -123,6 +140,9 @@ def extract(
     if resume is not None and checkpoints is not None:
         staged.requested = window
         staged.metadata.update({**resume.metadata(), **checkpoints.metadata()})
+    staged.strategy, staged.full_refresh = write.strategy, write.full_refresh
+    staged.primary_key, staged.columns = write.primary_key, write.columns
+    staged.column_hints = write.column_types
     context.log.info(f"{spec.name}: staged {staged.rows} rows in {len(staged.files)} files")
     return staged
 
@@ -227,11 +247,21 @@ class _Progress:
             )
 
 
-def asset_arguments(spec: TableSpec, partitions_def: dg.PartitionsDefinition | None) -> dict[str, Any]:
+def freshness_policy(spec: TableSpec) -> dg.FreshnessPolicy:
+    """Dagster's freshness policy of the table: materialized within ``OMNILOAD_FRESHNESS_HOURS``
+    (per table) of now, else the asset's freshness fails in the UI."""
+    hours = settings.freshness_max_age_hours(spec.name)
+    return dg.FreshnessPolicy.time_window(fail_window=timedelta(hours=hours))
+
+
+def asset_arguments(
+    spec: TableSpec, partitions_def: dg.PartitionsDefinition | None, layout: Layout | None = None
+) -> dict[str, Any]:
     """What ``dg.asset`` is told of one table (a child's parent becomes a dependency)."""
+    layout = layout or Layout()
     metadata: dict[str, Any] = {
         "dagster/column_schema": column_schema(spec),
-        "dagster/table_name": f"{settings.duckdb_schema()}.{spec.asset_name}",
+        "dagster/table_name": f"{layout.schema()}.{spec.asset_name}",
         "klaviyo/endpoint": spec.path,
         "klaviyo/scope": ", ".join(spec.scopes),
         "klaviyo/incremental_key": spec.incremental_key or "none (full replace)",
@@ -239,60 +269,78 @@ def asset_arguments(spec: TableSpec, partitions_def: dg.PartitionsDefinition | N
         "klaviyo/rate_limit": f"{spec.rate_limit.burst_per_s}/s, {spec.rate_limit.steady_per_min}/m",
     }
     if spec.parent is not None:
-        metadata["klaviyo/parent"] = asset_key(get_table(spec.parent)).to_user_string()
+        metadata["klaviyo/parent"] = layout.key(get_table(spec.parent)).to_user_string()
     return {
-        "key": asset_key(spec),
-        "group_name": KEY_PREFIX,
+        "key": layout.key(spec),
+        "group_name": layout.group_name,
         "description": spec.description,
         "kinds": {"klaviyo", "duckdb"},
-        "owners": settings.asset_owners(),
-        "tags": {"klaviyo/strategy": spec.strategy, "klaviyo/rate_tier": spec.rate_limit.tier},
+        "owners": layout.asset_owners(),
+        "tags": {"klaviyo/strategy": spec.strategy, "klaviyo/rate_tier": spec.rate_limit.tier, **layout.tags},
         "metadata": metadata,
         "partitions_def": partitions_def if spec.partitioned else None,
         "backfill_policy": dg.BackfillPolicy.single_run(),
-        "io_manager_key": IO_MANAGER_KEY,
-        # One pool per Klaviyo endpoint: with a pool limit of 1 (README, Automation), runs never
-        # extract the same endpoint at once, so each run's pacing holds the account's rate limit.
-        "pool": f"{KEY_PREFIX}_{spec.asset_name}",
+        "freshness_policy": freshness_policy(spec),
+        "io_manager_key": layout.name(IO_MANAGER_KEY),
+        # One pool per Klaviyo endpoint: with a pool limit of 1 (omniload_assets/dagster.yaml), runs
+        # never extract the same endpoint at once, so each run's pacing holds the account's rate limit.
+        "pool": pool_name(spec),
     }
 
 
-def build_asset(spec: TableSpec, partitions_def: dg.PartitionsDefinition | None) -> dg.AssetsDefinition:
+def build_asset(
+    spec: TableSpec, partitions_def: dg.PartitionsDefinition | None, layout: Layout | None = None
+) -> dg.AssetsDefinition:
     """The asset of one table: partitioned daily on its incremental key, or replaced whole."""
+    layout = layout or Layout()
     if spec.parent is not None:
-        return build_child_asset(spec)
+        return build_child_asset(spec, layout)
+    klaviyo_key, io_key = layout.name(KLAVIYO_KEY), layout.name(IO_MANAGER_KEY)
 
-    @dg.asset(**asset_arguments(spec, partitions_def), required_resource_keys={KLAVIYO_KEY, IO_MANAGER_KEY})
+    @dg.asset(**asset_arguments(spec, partitions_def, layout), required_resource_keys={klaviyo_key, io_key})
     def _asset(context: dg.AssetExecutionContext, config: WindowConfig) -> StagedTable:
-        warehouse: KlaviyoDuckDBIOManager = getattr(context.resources, IO_MANAGER_KEY)
-        klaviyo: KlaviyoResource = getattr(context.resources, KLAVIYO_KEY)
+        warehouse: KlaviyoDuckDBIOManager = getattr(context.resources, io_key)
+        klaviyo: KlaviyoResource = getattr(context.resources, klaviyo_key)
         return extract(context, spec, klaviyo, config, warehouse)
 
     return _asset
 
 
-def build_child_asset(spec: TableSpec) -> dg.AssetsDefinition:
+def build_child_asset(spec: TableSpec, layout: Layout | None = None) -> dg.AssetsDefinition:
     """The asset of a child table: after its parent's, replaced whole with the children of the
     parent ids the warehouse holds."""
+    layout = layout or Layout()
     parent = get_table(spec.parent or "")
+    klaviyo_key, io_key = layout.name(KLAVIYO_KEY), layout.name(IO_MANAGER_KEY)
 
     @dg.asset(
-        **asset_arguments(spec, None),
-        deps=[asset_key(parent)],
-        required_resource_keys={KLAVIYO_KEY, IO_MANAGER_KEY},
+        **asset_arguments(spec, None, layout),
+        deps=[layout.key(parent)],
+        required_resource_keys={klaviyo_key, io_key},
     )
     def _asset(context: dg.AssetExecutionContext, config: WindowConfig) -> StagedTable:
-        warehouse: KlaviyoDuckDBIOManager = getattr(context.resources, IO_MANAGER_KEY)
-        klaviyo: KlaviyoResource = getattr(context.resources, KLAVIYO_KEY)
-        return extract(context, spec, klaviyo, config, warehouse, parent_ids(warehouse, parent))
+        warehouse: KlaviyoDuckDBIOManager = getattr(context.resources, io_key)
+        klaviyo: KlaviyoResource = getattr(context.resources, klaviyo_key)
+        ids = parent_ids(warehouse, parent, layout.key(parent))
+        return extract(context, spec, klaviyo, config, warehouse, ids)
 
     return _asset
 
 
-def build_assets() -> list[dg.AssetsDefinition]:
-    """One asset per catalogue table, with daily partitions from ``OMNILOAD_START_DATE``."""
-    partitions_def = daily_partitions()
+def partitions_of(layout: Layout) -> dg.DailyPartitionsDefinition:
+    """Daily partitions from the layout's start date (``OMNILOAD_START_DATE`` when it has none)."""
+    if layout.start_date is None:
+        return daily_partitions()
+    start = layout.start_date.isoformat()
+    return dg.DailyPartitionsDefinition(start_date=start, timezone="UTC", end_offset=1)
+
+
+def build_assets(layout: Layout | None = None) -> list[dg.AssetsDefinition]:
+    """One asset per table of ``layout`` (default: every catalogue table under ``klaviyo/``), with
+    daily partitions from its start date (``OMNILOAD_START_DATE``)."""
+    layout = layout or Layout()
+    partitions_def = partitions_of(layout)
     with warnings.catch_warnings():
         # BackfillPolicy is marked beta; single-run backfills are what these tables need.
         warnings.simplefilter("ignore", dg.BetaWarning)
-        return [build_asset(spec, partitions_def) for spec in TABLES]
+        return [build_asset(spec, partitions_def, layout) for spec in layout.tables]

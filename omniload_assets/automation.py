@@ -19,6 +19,11 @@ holds the file) requests every table, as without deferrals.
 
 Everything ships STOPPED; ``OMNILOAD_AUTOMATION`` (``all`` or a list of names) starts them RUNNING.
 No tick requests a run while a run of the same tables and partitions is still in flight.
+
+Every builder takes a :class:`~omniload_assets.layout.Layout` (default: this code location's): the
+tables it covers, its asset keys and names (another key prefix derives other job, schedule and
+resource names), and its cron, lookback and RUNNING choices; a job or schedule with no table to
+cover is left out.
 """
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -29,9 +34,10 @@ from typing import Protocol
 import dagster as dg
 
 from omniload_assets import settings
-from omniload_assets.assets import asset_key
+from omniload_assets.assets import IO_MANAGER_KEY
 from omniload_assets.deletions import build_sweep_job
-from omniload_assets.klaviyo.catalog import TABLES, TableSpec
+from omniload_assets.klaviyo.catalog import TableSpec
+from omniload_assets.layout import Layout
 from omniload_assets.runner import RANGE_END_TAG, RANGE_START_TAG, partition_range_tags
 from omniload_assets.settings import DELETION_SWEEP_SCHEDULE, INCREMENTAL_SCHEDULE, REPLACE_SCHEDULE
 from omniload_assets.warehouse.checkpoints import Deferral, active_deferrals
@@ -77,59 +83,68 @@ def utc_now() -> datetime:
     return datetime.now(UTC)
 
 
-def incremental_tables() -> list[TableSpec]:
-    """The partitioned tables (merged by primary key)."""
-    return [t for t in TABLES if t.partitioned]
+def incremental_tables(layout: Layout | None = None) -> list[TableSpec]:
+    """The partitioned tables (merged by primary key) the layout's automation covers."""
+    return (layout or Layout()).incremental_tables()
 
 
-def replace_tables() -> list[TableSpec]:
+def replace_tables(layout: Layout | None = None) -> list[TableSpec]:
     """The tables replaced whole on every run: tags, coupons and the child tables (members, messages)."""
-    return [t for t in TABLES if not t.partitioned]
+    return (layout or Layout()).replace_tables()
 
 
 @dataclass(frozen=True)
 class KlaviyoJobs:
-    """The two asset jobs and the deletion sweep the schedules and the sensor target."""
+    """The two asset jobs and the deletion sweep the schedules and the sensor target; None where
+    the layout has no table for one."""
 
-    incremental: AssetJob
-    replace: AssetJob
-    sweep: AssetJob
+    incremental: AssetJob | None
+    replace: AssetJob | None
+    sweep: AssetJob | None
 
     def all(self) -> list[AssetJob]:
-        return [self.incremental, self.replace, self.sweep]
+        return [job for job in (self.incremental, self.replace, self.sweep) if job is not None]
 
 
-def build_jobs() -> KlaviyoJobs:
+def _asset_job(name: str, keys: Sequence[dg.AssetKey], description: str) -> AssetJob | None:
+    if not keys:
+        return None
+    return dg.define_asset_job(name, selection=dg.AssetSelection.assets(*keys), description=description)
+
+
+def build_jobs(layout: Layout | None = None) -> KlaviyoJobs:
     """One job for the partitioned tables, one for the replace tables (checks included), and the
     deletion sweep."""
+    layout = layout or Layout()
+    sweep_tables = layout.sweep_tables()
     return KlaviyoJobs(
-        incremental=dg.define_asset_job(
-            INCREMENTAL_JOB,
-            selection=dg.AssetSelection.assets(*(asset_key(t) for t in incremental_tables())),
-            description="The partitioned Klaviyo tables (merge by primary key), with their checks.",
+        incremental=_asset_job(
+            layout.name(INCREMENTAL_JOB),
+            [layout.key(t) for t in layout.incremental_tables()],
+            "The partitioned Klaviyo tables (merge by primary key), with their checks.",
         ),
-        replace=dg.define_asset_job(
-            REPLACE_JOB,
-            selection=dg.AssetSelection.assets(*(asset_key(t) for t in replace_tables())),
-            description="The Klaviyo tables replaced whole on every run, with their checks.",
+        replace=_asset_job(
+            layout.name(REPLACE_JOB),
+            [layout.key(t) for t in layout.replace_tables()],
+            "The Klaviyo tables replaced whole on every run, with their checks.",
         ),
-        sweep=build_sweep_job(),
+        sweep=build_sweep_job(sweep_tables, layout) if sweep_tables else None,
     )
 
 
-def is_running_by_default(name: str) -> bool:
-    """Whether ``OMNILOAD_AUTOMATION`` switches the schedule or sensor ``name`` on."""
-    names = settings.automation_names()
-    return "*" in names or name.lower() in names
+def is_running_by_default(name: str, layout: Layout | None = None) -> bool:
+    """Whether ``OMNILOAD_AUTOMATION`` (or the layout's choice) switches the schedule or sensor of
+    default name ``name`` on."""
+    return (layout or Layout()).is_running(name)
 
 
-def schedule_status(name: str) -> dg.DefaultScheduleStatus:
-    running = is_running_by_default(name)
+def schedule_status(name: str, layout: Layout | None = None) -> dg.DefaultScheduleStatus:
+    running = is_running_by_default(name, layout)
     return dg.DefaultScheduleStatus.RUNNING if running else dg.DefaultScheduleStatus.STOPPED
 
 
-def sensor_status(name: str) -> dg.DefaultSensorStatus:
-    running = is_running_by_default(name)
+def sensor_status(name: str, layout: Layout | None = None) -> dg.DefaultSensorStatus:
+    running = is_running_by_default(name, layout)
     return dg.DefaultSensorStatus.RUNNING if running else dg.DefaultSensorStatus.STOPPED
 
 
@@ -153,16 +168,17 @@ def run_partitions(run: dg.DagsterRun) -> frozenset[str] | None:
 
 
 def runs_in_flight(
-    instance: dg.DagsterInstance, keys: Iterable[dg.AssetKey]
+    instance: dg.DagsterInstance, keys: Iterable[dg.AssetKey], layout: Layout | None = None
 ) -> dict[dg.AssetKey, frozenset[str] | None]:
     """What the queued and running runs materialize, for the assets ``keys``.
 
-    A run without an asset selection counts for the assets of its job when that is one of ours.
+    A run without an asset selection counts for the assets of its job when that is one of the layout's.
     """
+    layout = layout or Layout()
     wanted = set(keys)
     job_keys = {
-        INCREMENTAL_JOB: {asset_key(t) for t in incremental_tables()},
-        REPLACE_JOB: {asset_key(t) for t in replace_tables()},
+        layout.name(INCREMENTAL_JOB): {layout.key(t) for t in layout.incremental_tables()},
+        layout.name(REPLACE_JOB): {layout.key(t) for t in layout.replace_tables()},
     }
     found: dict[dg.AssetKey, frozenset[str] | None] = {}
     for run in instance.get_runs(filters=dg.RunsFilter(statuses=list(IN_PROGRESS_STATUSES))):
@@ -230,9 +246,29 @@ def every_table_deferred(deferred: Mapping[str, Deferral]) -> dg.SkipReason:
     return dg.SkipReason(f"every table is deferred: {describe_deferrals(deferred)}")
 
 
-def selection(specs: Sequence[TableSpec], deferred: Mapping[str, Deferral]) -> list[dg.AssetKey] | None:
+def selection(
+    specs: Sequence[TableSpec], deferred: Mapping[str, Deferral], layout: Layout | None = None
+) -> list[dg.AssetKey] | None:
     """The run's asset selection: the tables not deferred; None (the whole job) when none is."""
-    return [asset_key(s) for s in specs] if deferred else None
+    return [(layout or Layout()).key(s) for s in specs] if deferred else None
+
+
+def _cron(name: str, given: str | None, chosen: str | None, from_env: Callable[[], str]) -> str:
+    """A schedule's cron: ``given`` (checked, naming ``name``), else the layout's, else the variable's."""
+    if given:
+        return settings.parse_cron(name, given)
+    return chosen or from_env()
+
+
+def _busy_skip(
+    context: dg.ScheduleEvaluationContext,
+    wanted: Sequence[dg.AssetKey],
+    days: frozenset[str] | None,
+    layout: Layout,
+) -> list[str]:
+    """The user strings of the ``wanted`` assets a run in flight already materializes (over ``days``)."""
+    in_flight = runs_in_flight(context.instance, wanted, layout)
+    return sorted(k.to_user_string() for k in wanted if overlaps(in_flight, k, days))
 
 
 def build_incremental_schedule(
@@ -241,99 +277,106 @@ def build_incremental_schedule(
     cron: str | None = None,
     lookback_days: int | None = None,
     clock: Clock = utc_now,
+    layout: Layout | None = None,
 ) -> dg.ScheduleDefinition:
     """Today's partition plus the lookback, in one partition range run per tick."""
-    cron = settings.parse_cron("OMNILOAD_SCHEDULE_CRON", cron) if cron else settings.schedule_cron()
-    lookback = settings.lookback_days() if lookback_days is None else lookback_days
-    first_partition = settings.start_date()
-    specs = incremental_tables()
-    keys = [asset_key(t) for t in specs]
+    layout = layout or Layout()
+    chosen = layout.automation
+    cron = _cron("OMNILOAD_SCHEDULE_CRON", cron, chosen.incremental_cron, settings.schedule_cron)
+    if lookback_days is None:
+        lookback_days = settings.lookback_days() if chosen.lookback_days is None else chosen.lookback_days
+    lookback, first_partition = lookback_days, layout.first_partition()
+    specs, name, io_key = (
+        layout.incremental_tables(),
+        layout.name(INCREMENTAL_SCHEDULE),
+        layout.name(IO_MANAGER_KEY),
+    )
 
     @dg.schedule(
-        name=INCREMENTAL_SCHEDULE,
+        name=name,
         cron_schedule=cron,
         job_name=job.name,
         execution_timezone="UTC",
-        default_status=schedule_status(INCREMENTAL_SCHEDULE),
+        default_status=schedule_status(INCREMENTAL_SCHEDULE, layout),
+        required_resource_keys={io_key},
         description=(
-            f"Materializes today's partition of the {len(keys)} partitioned tables and the "
+            f"Materializes today's partition of the {len(specs)} partitioned tables and the "
             f"{lookback} day(s) before it in one run ({cron}, UTC)."
         ),
     )
     def _schedule(
-        context: dg.ScheduleEvaluationContext, klaviyo_duckdb: dg.ResourceParam[KlaviyoDuckDBIOManager]
+        context: dg.ScheduleEvaluationContext, **_resources: object
     ) -> dg.RunRequest | dg.SkipReason:
         now = context.scheduled_execution_time or clock()
         first, last = lookback_range(now, lookback, first_partition)
         if last < first:
             return dg.SkipReason(f"{last} is before the first partition ({first_partition})")
-        runnable, deferred = runnable_tables(context, klaviyo_duckdb, specs, now)
+        runnable, deferred = runnable_tables(context, getattr(context.resources, io_key), specs, now)
         if not runnable:
             return every_table_deferred(deferred)
         days = day_keys(first, last)
-        wanted = [asset_key(t) for t in runnable]
-        in_flight = runs_in_flight(context.instance, wanted)
-        busy = sorted(k.to_user_string() for k in wanted if overlaps(in_flight, k, days))
+        busy = _busy_skip(context, [layout.key(t) for t in runnable], days, layout)
         if busy:
             return dg.SkipReason(f"a run of {', '.join(busy)} over {first}..{last} is still in flight")
         return dg.RunRequest(
-            run_key=f"{INCREMENTAL_SCHEDULE}:{first}..{last}@{now.astimezone(UTC).isoformat()}",
-            tags={**partition_range_tags(first, last), TRIGGER_TAG: INCREMENTAL_SCHEDULE},
-            asset_selection=selection(runnable, deferred),
+            run_key=f"{name}:{first}..{last}@{now.astimezone(UTC).isoformat()}",
+            tags={**partition_range_tags(first, last), TRIGGER_TAG: name},
+            asset_selection=selection(runnable, deferred, layout),
         )
 
     return _schedule
 
 
 def build_replace_schedule(
-    job: AssetJob, *, cron: str | None = None, clock: Clock = utc_now
+    job: AssetJob, *, cron: str | None = None, clock: Clock = utc_now, layout: Layout | None = None
 ) -> dg.ScheduleDefinition:
     """The replace tables, whole, on their own cadence (daily by default)."""
-    cron = settings.parse_cron("OMNILOAD_REPLACE_CRON", cron) if cron else settings.replace_cron()
-    specs = replace_tables()
+    layout = layout or Layout()
+    cron = _cron("OMNILOAD_REPLACE_CRON", cron, layout.automation.replace_cron, settings.replace_cron)
+    specs, name, io_key = layout.replace_tables(), layout.name(REPLACE_SCHEDULE), layout.name(IO_MANAGER_KEY)
 
     @dg.schedule(
-        name=REPLACE_SCHEDULE,
+        name=name,
         cron_schedule=cron,
         job_name=job.name,
         execution_timezone="UTC",
-        default_status=schedule_status(REPLACE_SCHEDULE),
-        description=f"Replaces {', '.join(t.name for t in replace_tables())} whole ({cron}, UTC).",
+        default_status=schedule_status(REPLACE_SCHEDULE, layout),
+        required_resource_keys={io_key},
+        description=f"Replaces {', '.join(t.name for t in specs)} whole ({cron}, UTC).",
     )
     def _schedule(
-        context: dg.ScheduleEvaluationContext, klaviyo_duckdb: dg.ResourceParam[KlaviyoDuckDBIOManager]
+        context: dg.ScheduleEvaluationContext, **_resources: object
     ) -> dg.RunRequest | dg.SkipReason:
         now = context.scheduled_execution_time or clock()
-        runnable, deferred = runnable_tables(context, klaviyo_duckdb, specs, now)
+        runnable, deferred = runnable_tables(context, getattr(context.resources, io_key), specs, now)
         if not runnable:
             return every_table_deferred(deferred)
-        wanted = [asset_key(t) for t in runnable]
-        in_flight = runs_in_flight(context.instance, wanted)
-        busy = sorted(k.to_user_string() for k in wanted if overlaps(in_flight, k, None))
+        busy = _busy_skip(context, [layout.key(t) for t in runnable], None, layout)
         if busy:
             return dg.SkipReason(f"a run of {', '.join(busy)} is still in flight")
         return dg.RunRequest(
-            run_key=f"{REPLACE_SCHEDULE}@{now.astimezone(UTC).isoformat()}",
-            tags={TRIGGER_TAG: REPLACE_SCHEDULE},
-            asset_selection=selection(runnable, deferred),
+            run_key=f"{name}@{now.astimezone(UTC).isoformat()}",
+            tags={TRIGGER_TAG: name},
+            asset_selection=selection(runnable, deferred, layout),
         )
 
     return _schedule
 
 
 def build_sweep_schedule(
-    job: AssetJob, *, cron: str | None = None, clock: Clock = utc_now
+    job: AssetJob, *, cron: str | None = None, clock: Clock = utc_now, layout: Layout | None = None
 ) -> dg.ScheduleDefinition:
     """The deletion sweep, daily by default; a tick while a sweep is in flight is skipped."""
-    cron = settings.parse_cron("OMNILOAD_SWEEP_CRON", cron) if cron else settings.sweep_cron()
-    tables = settings.sweep_tables()
+    layout = layout or Layout()
+    cron = _cron("OMNILOAD_SWEEP_CRON", cron, layout.automation.sweep_cron, settings.sweep_cron)
+    tables, name = layout.sweep_tables(), layout.name(DELETION_SWEEP_SCHEDULE)
 
     @dg.schedule(
-        name=DELETION_SWEEP_SCHEDULE,
+        name=name,
         cron_schedule=cron,
         job_name=job.name,
         execution_timezone="UTC",
-        default_status=schedule_status(DELETION_SWEEP_SCHEDULE),
+        default_status=schedule_status(DELETION_SWEEP_SCHEDULE, layout),
         description=f"Marks the rows of {', '.join(tables)} that Klaviyo no longer lists ({cron}, UTC).",
     )
     def _schedule(context: dg.ScheduleEvaluationContext) -> dg.RunRequest | dg.SkipReason:
@@ -344,17 +387,22 @@ def build_sweep_schedule(
         if in_flight:
             return dg.SkipReason(f"the deletion sweep {in_flight[0].run_id} is still in flight")
         return dg.RunRequest(
-            run_key=f"{DELETION_SWEEP_SCHEDULE}@{now.astimezone(UTC).isoformat()}",
-            tags={TRIGGER_TAG: DELETION_SWEEP_SCHEDULE},
+            run_key=f"{name}@{now.astimezone(UTC).isoformat()}",
+            tags={TRIGGER_TAG: name},
         )
 
     return _schedule
 
 
-def build_schedules(jobs: KlaviyoJobs) -> Sequence[dg.ScheduleDefinition]:
-    """The three schedules, configured from the environment."""
-    return [
-        build_incremental_schedule(jobs.incremental),
-        build_replace_schedule(jobs.replace),
-        build_sweep_schedule(jobs.sweep),
-    ]
+def build_schedules(jobs: KlaviyoJobs, layout: Layout | None = None) -> Sequence[dg.ScheduleDefinition]:
+    """The schedules of the layout's jobs (three by default), configured from the layout and the
+    environment; none of the incremental and replace ones when the layout turns schedules off."""
+    layout = layout or Layout()
+    schedules: list[dg.ScheduleDefinition] = []
+    if layout.automation.schedules and jobs.incremental is not None:
+        schedules.append(build_incremental_schedule(jobs.incremental, layout=layout))
+    if layout.automation.schedules and jobs.replace is not None:
+        schedules.append(build_replace_schedule(jobs.replace, layout=layout))
+    if jobs.sweep is not None:
+        schedules.append(build_sweep_schedule(jobs.sweep, layout=layout))
+    return schedules

@@ -1,12 +1,18 @@
-"""Asset checks of every catalogue table: primary key unique, primary key not null, freshness, and
-on merge tables the rows marked deleted.
+"""Asset checks of every catalogue table: primary key unique, primary key not null, and on merge
+tables the rows marked deleted. Freshness is Dagster's own: each asset carries a
+``FreshnessPolicy`` (:func:`omniload_assets.assets.freshness_policy`), which the UI's freshness
+views and the freshness daemon evaluate.
 
 One ``multi_asset_check`` per table evaluates its checks on the table's profile
 (:meth:`WarehouseReader.profile`: one short read-only DuckDB connection, opened with the IO
 manager's own settings: database, schema, table name, lock wait). Dagster runs the checks of a
 table in every run that materializes it, right after the write; they can also be run alone from
-the UI. The checks look at the whole table, not one partition: uniqueness is a
-property of the table, and freshness asks whether the newest row is recent.
+the UI. The checks look at the whole table, not one partition: uniqueness is a property of the
+table.
+
+The primary-key checks are *blocking*: when one fails, the assets downstream of the table in the
+same run (a child table after its parent, a user's asset after a Klaviyo table) do not run on bad
+keys.
 
 ``deleted_rows`` reports how many rows the deletion sweep (:mod:`omniload_assets.deletions`) has
 marked gone from Klaviyo. It is information and always passes: how many records an account deletes
@@ -16,28 +22,26 @@ anything. The sweep reports the same check right after it marks rows.
 """
 
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import dagster as dg
 
-from omniload_assets import settings
-from omniload_assets.assets import IO_MANAGER_KEY, asset_key
-from omniload_assets.klaviyo.catalog import TABLES, TableSpec
+from omniload_assets.assets import IO_MANAGER_KEY
+from omniload_assets.klaviyo.catalog import TableSpec
+from omniload_assets.layout import Layout
 from omniload_assets.warehouse.io_manager import KlaviyoDuckDBIOManager
 from omniload_assets.warehouse.reads import TableProfile
 from omniload_assets.warehouse.writer import LOADED_AT
 
 UNIQUE = "primary_key_unique"
 NOT_NULL = "primary_key_not_null"
-FRESHNESS = "freshness"
 DELETED = "deleted_rows"
-#: Pool of the check steps: they only read, so it is unlimited unless an operator sets a limit.
+#: Pool of the check steps: they only read.
 CHECKS_POOL = "omniload_checks"
 
 
 def freshness_column(spec: TableSpec) -> str:
-    """The incremental key, or the load time for tables replaced whole."""
+    """The incremental key, or the load time for tables replaced whole (the profile's ``newest``)."""
     return spec.incremental_key or LOADED_AT
 
 
@@ -56,10 +60,12 @@ def deleted_metadata(rows: int, deleted: int) -> dict[str, Any]:
     }
 
 
-def deleted_result(spec: TableSpec, profile: TableProfile) -> dg.AssetCheckResult:
+def deleted_result(
+    spec: TableSpec, profile: TableProfile, key: dg.AssetKey | None = None
+) -> dg.AssetCheckResult:
     """The deleted-rows result: passes (information), the count as metadata."""
     return dg.AssetCheckResult(
-        asset_key=asset_key(spec),
+        asset_key=key or Layout().key(spec),
         check_name=DELETED,
         passed=True,
         metadata=deleted_metadata(profile.rows, profile.deleted),
@@ -67,25 +73,18 @@ def deleted_result(spec: TableSpec, profile: TableProfile) -> dg.AssetCheckResul
 
 
 def check_results(
-    spec: TableSpec, profile: TableProfile, *, now: datetime, max_age: timedelta
+    spec: TableSpec, profile: TableProfile, key: dg.AssetKey | None = None
 ) -> list[dg.AssetCheckResult]:
-    """The results for one table's profile: three, four on a merge table."""
-    key = asset_key(spec)
+    """The results for one table's profile (its asset ``key``, default ``klaviyo/<table>``): two,
+    three on a merge table."""
+    key = key or Layout().key(spec)
     if not profile.exists:
         missing = {"problem": dg.MetadataValue.text("the table does not exist: materialize it first")}
         return [
             dg.AssetCheckResult(asset_key=key, check_name=name, passed=False, metadata=missing)
             for name in check_names(spec)
         ]
-    deleted = [deleted_result(spec, profile)] if has_deleted_rows_check(spec) else []
-    age = None if profile.newest is None else now - profile.newest
-    fresh_meta: dict[str, Any] = {
-        "column": freshness_column(spec),
-        "max_age_hours": max_age.total_seconds() / 3600,
-        "newest": profile.newest.isoformat() if profile.newest else "none",
-    }
-    if age is not None:
-        fresh_meta["age_hours"] = round(age.total_seconds() / 3600, 2)
+    deleted = [deleted_result(spec, profile, key)] if has_deleted_rows_check(spec) else []
     return [
         dg.AssetCheckResult(
             asset_key=key,
@@ -104,38 +103,24 @@ def check_results(
             passed=profile.null_keys == 0,
             metadata={"rows": profile.rows, "null_keys": profile.null_keys},
         ),
-        dg.AssetCheckResult(
-            asset_key=key,
-            check_name=FRESHNESS,
-            # An empty table has nothing recent: that is stale, not fresh.
-            passed=age is not None and age <= max_age,
-            severity=dg.AssetCheckSeverity.WARN,
-            metadata=fresh_meta,
-        ),
         *deleted,
     ]
 
 
 def check_names(spec: TableSpec) -> tuple[str, ...]:
     """The names of ``spec``'s checks."""
-    return (
-        (UNIQUE, NOT_NULL, FRESHNESS, DELETED)
-        if has_deleted_rows_check(spec)
-        else (UNIQUE, NOT_NULL, FRESHNESS)
-    )
+    return (UNIQUE, NOT_NULL, DELETED) if has_deleted_rows_check(spec) else (UNIQUE, NOT_NULL)
 
 
-def check_specs(spec: TableSpec) -> list[dg.AssetCheckSpec]:
-    key = asset_key(spec)
-    hours = settings.freshness_max_age_hours(spec.name)
-    fresh_what = f"newest {spec.incremental_key}" if spec.incremental_key else "last load"
+def check_specs(spec: TableSpec, key: dg.AssetKey | None = None) -> list[dg.AssetCheckSpec]:
+    """The checks of one table's asset ``key``; the primary-key ones block its downstream assets."""
+    key = key or Layout().key(spec)
     specs = [
-        dg.AssetCheckSpec(UNIQUE, asset=key, description=f"No two rows share a {spec.primary_key}."),
-        dg.AssetCheckSpec(NOT_NULL, asset=key, description=f"No row has a NULL {spec.primary_key}."),
         dg.AssetCheckSpec(
-            FRESHNESS,
-            asset=key,
-            description=f"The {fresh_what} is at most {hours:g} h old (OMNILOAD_FRESHNESS_HOURS).",
+            UNIQUE, asset=key, blocking=True, description=f"No two rows share a {spec.primary_key}."
+        ),
+        dg.AssetCheckSpec(
+            NOT_NULL, asset=key, blocking=True, description=f"No row has a NULL {spec.primary_key}."
         ),
     ]
     if has_deleted_rows_check(spec):
@@ -150,24 +135,26 @@ def check_specs(spec: TableSpec) -> list[dg.AssetCheckSpec]:
     return specs
 
 
-def build_table_checks(spec: TableSpec) -> dg.AssetChecksDefinition:
+def build_table_checks(spec: TableSpec, layout: Layout | None = None) -> dg.AssetChecksDefinition:
     """The checks of one table, evaluated together on one read-only connection."""
-    max_age = timedelta(hours=settings.freshness_max_age_hours(spec.name))
+    layout = layout or Layout()
+    key, io_key = layout.key(spec), layout.name(IO_MANAGER_KEY)
 
     @dg.multi_asset_check(
-        name=f"{spec.asset_name}_checks",
-        specs=check_specs(spec),
-        required_resource_keys={IO_MANAGER_KEY},
+        name=layout.name(f"{spec.asset_name}_checks"),
+        specs=check_specs(spec, key),
+        required_resource_keys={io_key},
         pool=CHECKS_POOL,
     )
     def _checks(context: dg.AssetCheckExecutionContext) -> Iterator[dg.AssetCheckResult]:
-        warehouse: KlaviyoDuckDBIOManager = getattr(context.resources, IO_MANAGER_KEY)
+        warehouse: KlaviyoDuckDBIOManager = getattr(context.resources, io_key)
         profile = warehouse.reader().profile(spec, freshness_column(spec))
-        yield from check_results(spec, profile, now=datetime.now(UTC), max_age=max_age)
+        yield from check_results(spec, profile, key)
 
     return _checks
 
 
-def build_checks() -> list[dg.AssetChecksDefinition]:
-    """The checks of each of the catalogue's tables."""
-    return [build_table_checks(spec) for spec in TABLES]
+def build_checks(layout: Layout | None = None) -> list[dg.AssetChecksDefinition]:
+    """The checks of each of the layout's tables (default: the catalogue's)."""
+    layout = layout or Layout()
+    return [build_table_checks(spec, layout) for spec in layout.tables]

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
 import sys
 import time
 import warnings
@@ -63,6 +64,11 @@ child tables: {children}
 Several tables go in one run (two with $DAGSTER_HOME: the partitioned ones, then the rest), each
 into its own name in the schema; --dest-table names the destination of a single table only.
 Runs use an ephemeral Dagster instance, or the instance in $DAGSTER_HOME when that is set.
+
+ingestr's flags: ingest takes the flags of `ingestr ingest` with ingestr's meaning where they apply
+to a Klaviyo -> DuckDB load (--incremental-strategy, --primary-key, --columns, --full-refresh,
+--page-size, --yes, ...); the ones that cannot apply are listed last and refused with the reason.
+--dry-run prints the plan without a request.
 
 exit status: 0 loaded; 1 the run failed (the reason is printed on one line); 2 bad flags;
 130 interrupted.
@@ -209,6 +215,286 @@ def split_dest_table(text: str | None, spec: TableSpec) -> tuple[str, str]:
         raise UsageError(f"--dest-table: {exc}") from None
 
 
+# -- ingestr's flags ------------------------------------------------------------------------------
+
+#: ``--incremental-strategy`` values omniload writes with (ingestr's meanings; see WriteOptions).
+STRATEGIES = ("merge", "replace", "append", "delete+insert")
+#: ingestr's values that omniload refuses, and why.
+STRATEGY_REFUSALS = {
+    "scd2": "scd2 (a row per version) is not supported: omniload keeps each Klaviyo record's latest "
+    "version; use merge, replace, append or delete+insert",
+    "truncate+insert": "truncate+insert has been removed from ingestr; use replace",
+}
+#: ``--progress`` values: ours, and ingestr's ``interactive`` (a live display: our bar).
+PROGRESS_MODES = {"auto": "auto", "bar": "bar", "log": "log", "off": "off", "interactive": "bar"}
+#: ingestr's ``--columns`` type names that are not DuckDB types (the rest are DuckDB's too).
+INGESTR_ONLY_TYPES = frozenset({"wei", "complex"})
+TYPE_SHAPE = re.compile(r"[A-Za-z][A-Za-z0-9_ ]*(\(\d+(, ?\d+)?\))?")
+PAGE_SIZE_MAX = 1_000_000  # anything above every endpoint's largest page (1,000) is capped anyway
+
+
+def parse_strategy(text: str) -> str | None:
+    """ingestr's ``--incremental-strategy``: one of :data:`STRATEGIES`, or ``none`` (None: the
+    table's own, what ingestr does when the source handles incrementality)."""
+    value = text.strip().lower()
+    if value == "none":
+        return None
+    if value in STRATEGIES:
+        return value
+    if value in STRATEGY_REFUSALS:
+        raise argparse.ArgumentTypeError(STRATEGY_REFUSALS[value])
+    raise argparse.ArgumentTypeError(
+        f"{_shown(text)} is not a strategy; use merge, replace, append, delete+insert or none "
+        "(the table's own)"
+    )
+
+
+def parse_progress(text: str) -> str:
+    """``auto``, ``bar``, ``log``, ``off``, or ingestr's ``interactive`` (= ``bar``)."""
+    value = text.strip().lower()
+    if value in PROGRESS_MODES:
+        return PROGRESS_MODES[value]
+    if value == "json":
+        raise argparse.ArgumentTypeError(
+            "json (ingestr's machine-readable events) is not available; use log (plain lines) or off"
+        )
+    raise argparse.ArgumentTypeError(f"{_shown(text)} is not one of auto, bar, interactive, log, off")
+
+
+def parse_page_size(text: str) -> int:
+    """``--page-size``: records per Klaviyo page, a whole number from 1 (capped per endpoint)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if not 1 <= value <= PAGE_SIZE_MAX:
+        raise argparse.ArgumentTypeError(
+            f"{_shown(text)} is not a whole number from 1 to {PAGE_SIZE_MAX:,} (records per page; each "
+            "endpoint caps it at its largest page)"
+        )
+    return value
+
+
+def parse_loader_format(text: str) -> str:
+    """``--loader-file-format``: only ``parquet``, what omniload stages (a no-op)."""
+    value = text.strip().lower()
+    if value != "parquet":
+        raise argparse.ArgumentTypeError(
+            f"{_shown(text)} cannot apply: omniload stages Parquet files and DuckDB loads them; use parquet "
+            "or leave the flag out"
+        )
+    return value
+
+
+def parse_schema_naming(text: str) -> str:
+    """``--schema-naming``: ``default``, ``auto`` or ``snake_case`` (omniload's names: a no-op)."""
+    value = text.strip().lower()
+    if value not in ("default", "auto", "snake_case"):
+        raise argparse.ArgumentTypeError(
+            f"{_shown(text)} cannot apply: omniload's table and column names are fixed snake_case "
+            "(catalog_items); choose a table's name with --dest-table"
+        )
+    return value
+
+
+def parse_schema_contract(text: str) -> str:
+    """``--schema-contract``: only ``evolve``, what omniload's writer does (a no-op)."""
+    value = text.strip().lower()
+    if value != "evolve":
+        raise argparse.ArgumentTypeError(
+            f"{_shown(text)} is not supported: omniload always evolves a table (new Klaviyo attributes "
+            "become columns, a type too narrow is widened); use evolve or leave the flag out"
+        )
+    return value
+
+
+def split_names(values: Sequence[str] | None) -> list[str]:
+    """A repeatable flag's values, each also comma-separated (``a,b --flag c``), blanks dropped; a
+    comma inside parentheses (``amount:decimal(10,2)``) does not separate."""
+    return [
+        name.strip() for value in values or () for name in re.split(r",(?![^(]*\))", value) if name.strip()
+    ]
+
+
+@dataclass(frozen=True)
+class WriteOptions:
+    """How ``ingest`` writes, from ingestr's flags: the write options of each asset's op config
+    (``partitions.WindowConfig``). None: the table's own (its strategy, its ``id`` key, all columns)."""
+
+    full_refresh: bool = False
+    incremental_strategy: str | None = None
+    primary_key: tuple[str, ...] | None = None
+    #: ``--columns`` entries as the op config takes them: ``name`` selects, ``name:type`` types.
+    columns: tuple[str, ...] | None = None
+
+    def strategy_of(self, spec: TableSpec) -> str:
+        """The write of ``spec``: with ``--full-refresh`` the table becomes this run's rows whatever
+        the strategy (ingestr drops the table and loads it anew), hence replace."""
+        return "replace" if self.full_refresh else self.incremental_strategy or spec.strategy
+
+    def run_config(self, spec: TableSpec) -> dict[str, object]:
+        """``spec``'s op config entries; empty when every option is the table's own."""
+        config: dict[str, object] = {"full_refresh": True} if self.full_refresh else {}
+        if self.strategy_of(spec) != spec.strategy:
+            config["incremental_strategy"] = self.strategy_of(spec)
+        if self.primary_key is not None and self.primary_key != (spec.primary_key,):
+            config["primary_key"] = list(self.primary_key)
+        if self.columns is not None:
+            config["columns"] = list(self.columns)
+        return config
+
+    def selected(self, spec: TableSpec) -> list[str] | None:
+        """The columns written (None: all): the bare names of ``columns`` and the key columns."""
+        names = [entry.partition(":")[0] for entry in self.columns or ()]
+        if all(":" in entry for entry in self.columns or ()):
+            return None  # name:type entries type columns and select none
+        chosen = {*names, *key_columns(spec, self.primary_key or ())}
+        return [name for name in spec.column_types() if name in chosen]
+
+    def describe(self) -> str:
+        """``; full refresh; strategy append; ...`` for the options given (empty: none)."""
+        parts = ["full refresh (the tables become this run's rows)"] if self.full_refresh else []
+        if self.incremental_strategy is not None:
+            parts.append(f"strategy {self.incremental_strategy}")
+        if self.primary_key is not None:
+            parts.append(f"primary key {', '.join(self.primary_key)}")
+        if self.columns is not None:
+            parts.append(f"columns {', '.join(self.columns)}")
+        return "".join(f"; {part}" for part in parts)
+
+
+def one_table(flag: str, specs: Sequence[TableSpec]) -> TableSpec:
+    """The table a column-naming flag is about; a :class:`UsageError` when several are selected."""
+    if len(specs) != 1:
+        raise UsageError(f"{flag} names columns of one table; pass a single --source-table with it")
+    return specs[0]
+
+
+def check_columns(flag: str, spec: TableSpec, names: Sequence[str]) -> None:
+    """Every one of ``names`` is a column of ``spec``; else a :class:`UsageError` listing them."""
+    known = spec.column_types()
+    for name in names:
+        if name not in known:
+            raise UsageError(
+                f"{flag}: {spec.name} has no column {_shown(name)}; its columns: {', '.join(known)}"
+            )
+
+
+def key_columns(spec: TableSpec, primary_key: Sequence[str]) -> list[str]:
+    """The columns every write keeps (as ``partitions.write_options`` does): the table's id, the
+    ``--primary-key`` columns and the incremental key."""
+    keys = [spec.primary_key, *primary_key, spec.incremental_key]
+    return [name for name in dict.fromkeys(keys) if name is not None]
+
+
+def check_type(entry: str, type_name: str) -> None:
+    """``type_name`` is one of ingestr's types or a DuckDB type; else a :class:`UsageError`."""
+    if type_name.lower() in INGESTR_ONLY_TYPES:
+        return
+    if TYPE_SHAPE.fullmatch(type_name):
+        import duckdb
+
+        try:
+            with duckdb.connect() as conn:
+                conn.execute(f"SELECT CAST(NULL AS {type_name})")
+            return
+        except duckdb.Error:
+            pass
+    raise UsageError(
+        f"--columns {_shown(entry)}: {_shown(type_name)} is not a type; use one of ingestr's (text, bigint, "
+        "double, bool, timestamp, date, time, decimal, json, binary) or a DuckDB type"
+    )
+
+
+def parse_column_entries(spec: TableSpec, entries: Sequence[str]) -> list[str]:
+    """ingestr's ``--columns`` (``name:type``, comma-separated; ``name`` alone selects), checked:
+    each name a column of ``spec``, each type a type; renames (``name:type:source``) refused."""
+    checked = []
+    for entry in split_names(entries):
+        name, _, rest = (part.strip() for part in entry.partition(":"))
+        type_name, renamed, _ = (part.strip() for part in rest.partition(":"))
+        check_columns("--columns", spec, [name])
+        if renamed or (entry.count(":") and not type_name):
+            raise UsageError(
+                f"--columns {_shown(entry)}: renaming is not supported; omniload keeps Klaviyo's attribute "
+                "names (rename in a view or downstream model)"
+            )
+        if type_name:
+            check_type(entry, type_name)
+        checked.append(f"{name}:{type_name}" if type_name else name)
+    return checked
+
+
+def exclude_columns(
+    spec: TableSpec, entries: list[str], excluded: Sequence[str], keys: Sequence[str]
+) -> list[str]:
+    """``--columns`` entries that write every column of ``spec`` (or those ``entries`` select) but
+    ``excluded`` (``--sql-exclude-columns``); key columns cannot be excluded."""
+    check_columns("--sql-exclude-columns", spec, excluded)
+    kept = key_columns(spec, keys)
+    if dropped := [name for name in excluded if name in kept]:
+        raise UsageError(
+            f"--sql-exclude-columns {dropped[0]}: {spec.name} always keeps its key columns "
+            f"({', '.join(kept)})"
+        )
+    typed = [entry for entry in entries if ":" in entry]
+    if clash := [entry for entry in typed if entry.partition(":")[0] in excluded]:
+        raise UsageError(f"--columns {clash[0]} names a column --sql-exclude-columns excludes")
+    bare = [entry for entry in entries if ":" not in entry] or list(spec.column_types())
+    return [name for name in bare if name not in excluded] + typed
+
+
+def plan_write_options(args: argparse.Namespace, specs: Sequence[TableSpec]) -> WriteOptions:
+    """``--full-refresh``, ``--incremental-strategy``, ``--incremental-key``, ``--primary-key``,
+    ``--columns`` and ``--sql-exclude-columns``, checked against the tables."""
+    strategy = args.incremental_strategy
+    if strategy == "delete+insert" and (keyless := [s.name for s in specs if s.incremental_key is None]):
+        raise UsageError(
+            f"--incremental-strategy delete+insert replaces the rows of the interval by their incremental "
+            f"key, which {', '.join(keyless)} do not have; use replace, merge or append for them"
+        )
+    if args.incremental_key is not None:
+        check_incremental_key(args.incremental_key.strip(), specs)
+    primary_key = split_names(args.primary_key)
+    if primary_key:
+        check_columns("--primary-key", one_table("--primary-key", specs), primary_key)
+        if primary_key == [specs[0].primary_key]:
+            primary_key = []  # the table's own
+    columns = None
+    if args.columns:
+        columns = parse_column_entries(one_table("--columns", specs), args.columns)
+    if excluded := split_names(args.sql_exclude_columns):
+        spec = one_table("--sql-exclude-columns", specs)
+        columns = exclude_columns(spec, columns or [], excluded, primary_key)
+    return WriteOptions(
+        full_refresh=args.full_refresh,
+        incremental_strategy=strategy,
+        primary_key=tuple(primary_key) if primary_key else None,
+        columns=tuple(columns) if columns else None,
+    )
+
+
+def check_incremental_key(key: str, specs: Sequence[TableSpec]) -> None:
+    """ingestr's ``--incremental-key`` is each table's own here: Klaviyo filters by a fixed key."""
+    for spec in specs:
+        if spec.incremental_key != key:
+            own = f"is {spec.incremental_key!r}" if spec.incremental_key else "does not exist"
+            raise UsageError(
+                f"--incremental-key {_shown(key)}: Klaviyo filters {spec.name} by a fixed key, which {own}; "
+                "leave the flag out"
+            )
+
+
+def staging_dir_from_flag(raw: str | None) -> str | None:
+    """``--pipelines-dir``: where the run stages its files (``OMNILOAD_STAGING_DIR``), checked now."""
+    if raw is None:
+        return None
+    try:
+        return settings.parse_staging_dir(raw)
+    except settings.SettingsError as exc:
+        raise UsageError(f"--pipelines-dir (the run's staging directory): {exc}") from None
+
+
 # -- the plan ------------------------------------------------------------------------------------
 
 
@@ -227,6 +513,12 @@ class IngestPlan:
     parallelism: int | None
     #: Resume from a failed attempt's checkpoints (``--no-resume``: a full pass).
     resume: bool = True
+    #: How to write (ingestr's --full-refresh, --incremental-strategy, --primary-key, --columns).
+    write: WriteOptions = WriteOptions()
+    #: Records per Klaviyo page (``--page-size``; None: each endpoint's largest).
+    page_size: int | None = None
+    #: Where the run stages its files (``--pipelines-dir``; None: ``$OMNILOAD_STAGING_DIR``).
+    staging_dir: str | None = None
 
     @property
     def days(self) -> int:
@@ -243,6 +535,8 @@ class IngestPlan:
 
     def describe(self) -> str:
         workers = "" if self.parallelism is None else f", {self.parallelism} parallel requests"
+        pages = "" if self.page_size is None else f", pages of up to {self.page_size:,} records"
+        workers += pages + self.write.describe()
         if len(self.specs) == 1:
             (spec,) = self.specs
             what = (
@@ -260,6 +554,39 @@ class IngestPlan:
             days = f"{self.days:,} day{'' if self.days == 1 else 's'}"
             what = f"{self.names} {self.first_day}..{self.last_day} ({days}{replaced})"
         return f"{what} -> schema {self.schema} in {show_database(self.database)}{workers}"
+
+
+def dry_run_lines(plan: IngestPlan) -> list[str]:
+    """What ``ingest`` would do (``--dry-run``), a line per table in ingestr's terms: strategy,
+    incremental key, primary key, columns."""
+    write = plan.write
+    if any(spec.partitioned for spec in plan.specs):
+        interval = f"{plan.first_day}..{plan.last_day} ({plan.days:,} UTC day{'' if plan.days == 1 else 's'})"
+    else:
+        interval = "none (the tables are replaced whole)"
+    pages = (
+        "each endpoint's largest" if plan.page_size is None else f"{plan.page_size:,} (capped per endpoint)"
+    )
+    lines = [
+        f"{PROG}: dry run: no request made, nothing written",
+        f"  destination: {show_database(plan.database)}, schema {plan.schema}",
+        f"  interval: {interval}",
+        f"  full refresh: {'yes' if write.full_refresh else 'no'}; page size: {pages}; "
+        f"parallel requests: {plan.parallelism or 'the resource default'}",
+    ]
+    for spec in plan.specs:
+        strategy = write.strategy_of(spec)
+        own = " (the table's own)" if strategy == spec.strategy else ""
+        whole = "" if spec.partitioned else ", the interval does not apply"
+        key = ", ".join(write.primary_key or (spec.primary_key,))
+        columns = ", ".join(write.selected(spec) or ["all"])
+        typed = [entry for entry in write.columns or () if ":" in entry]
+        columns += f" (types: {', '.join(typed)})" if typed else ""
+        lines.append(
+            f"  {spec.name} -> {plan.schema}.{plan.table_of(spec)}: strategy {strategy}{own}{whole}; "
+            f"incremental key {spec.incremental_key or 'none'}; primary key {key}; columns {columns}"
+        )
+    return lines
 
 
 def plan_days(
@@ -321,7 +648,11 @@ def plan_ingest(args: argparse.Namespace, now: datetime | None = None) -> Ingest
         first_day=first_day,
         last_day=last_day,
         parallelism=args.extract_parallelism,
-        resume=not args.no_resume,
+        # ingestr's --full-refresh ignores the state: a failed attempt's checkpoints included.
+        resume=not (args.no_resume or args.full_refresh),
+        write=plan_write_options(args, specs),
+        page_size=args.page_size,
+        staging_dir=staging_dir_from_flag(args.pipelines_dir),
     )
 
 
@@ -374,32 +705,52 @@ def open_instance() -> dg.DagsterInstance:
     return dg.DagsterInstance.get() if os.environ.get("DAGSTER_HOME") else dg.DagsterInstance.ephemeral()
 
 
-def run_ingest(plan: IngestPlan, display: LogDisplay | BarDisplay | NullDisplay, verbose: bool) -> list[str]:
-    """Materialize the tables' assets as ``plan`` says; return a one-line summary of each write."""
-    # The definitions read these when built: the destination, and partitions that hold the range.
-    # The key goes through the environment, as the definitions' EnvVar: a literal value would be
-    # stored in the run's config snapshot of a persistent ($DAGSTER_HOME) instance.
+def set_environment(plan: IngestPlan) -> None:
+    """Point the definitions at ``plan``'s key, destination, start date and staging directory.
+
+    The definitions read these when built: the destination, and partitions that hold the range.
+    The key goes through the environment, as the definitions' EnvVar: a literal value would be
+    stored in the run's config snapshot of a persistent ($DAGSTER_HOME) instance.
+    """
     os.environ["KLAVIYO_API_KEY"] = plan.api_key
     os.environ["OMNILOAD_DUCKDB_PATH"] = plan.database
     os.environ["OMNILOAD_DUCKDB_SCHEMA"] = plan.schema
     if any(spec.partitioned for spec in plan.specs):
         os.environ["OMNILOAD_START_DATE"] = plan.first_day.isoformat()
+    if plan.staging_dir is not None:
+        os.environ["OMNILOAD_STAGING_DIR"] = plan.staging_dir
 
-    import dagster as dg
 
-    from omniload_assets.assets import IO_MANAGER_KEY, asset_key
-    from omniload_assets.definitions import build_definitions
+def run_resources(defs: dg.Definitions, plan: IngestPlan) -> dict[str, Any]:
+    """The definitions' resources with ``plan``'s parallelism, page size and destination tables."""
+    from omniload_assets.assets import IO_MANAGER_KEY
     from omniload_assets.klaviyo.resource import with_fields
-    from omniload_assets.runner import materialize_tables
 
-    defs = build_definitions()
     resources: dict[str, Any] = dict(defs.resources or {})
     if plan.parallelism is not None:
         resources["klaviyo"] = with_fields(resources["klaviyo"], extract_parallelism=plan.parallelism)
+    if plan.page_size is not None:
+        resources["klaviyo"] = with_fields(resources["klaviyo"], page_size=plan.page_size)
     io_manager = resources[IO_MANAGER_KEY]
     dest_tables = {spec.asset_name: table for spec, table in zip(plan.specs, plan.tables, strict=True)}
     resources[IO_MANAGER_KEY] = with_fields(io_manager, table_names={**io_manager.table_names, **dest_tables})
+    return resources
+
+
+def run_ingest(plan: IngestPlan, display: LogDisplay | BarDisplay | NullDisplay, verbose: bool) -> list[str]:
+    """Materialize the tables' assets as ``plan`` says; return a one-line summary of each write."""
+    set_environment(plan)
+
+    import dagster as dg
+
+    from omniload_assets.assets import asset_key
+    from omniload_assets.definitions import build_definitions
+    from omniload_assets.runner import materialize_tables
+
+    defs = build_definitions()
     log_level = "INFO" if verbose else "CRITICAL"
+    # A table swapped whole is no set of days: such runs carry the interval as a window instead.
+    replaces = any(spec.partitioned and plan.write.strategy_of(spec) == "replace" for spec in plan.specs)
     began = time.monotonic()
     with open_instance() as instance, progress.listening(display):
         outcomes = materialize_tables(
@@ -408,10 +759,12 @@ def run_ingest(plan: IngestPlan, display: LogDisplay | BarDisplay | NullDisplay,
             first_day=plan.first_day,
             last_day=plan.last_day,
             instance=instance,
-            resources=resources,
+            resources=run_resources(defs, plan),
             raise_on_error=False,
             run_config={"loggers": {"console": {"config": {"log_level": log_level}}}},
+            partition_status=False if replaces else None,
             resume=plan.resume,
+            write_options={spec.asset_name: plan.write.run_config(spec) for spec in plan.specs},
         )
         failed_runs = list(dict.fromkeys(o.run_id for o in outcomes if not o.success))
         if failed_runs:
@@ -603,6 +956,9 @@ def ingest(args: argparse.Namespace) -> int:
     except UsageError as exc:
         print(f"{PROG} ingest: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    if args.dry_run:
+        print("\n".join(dry_run_lines(plan)))
+        return EXIT_OK
     if not args.verbose:
         warnings.simplefilter("ignore")  # Dagster's beta/preview notices are not the user's concern
     display = choose_display(args.progress, sys.stderr)
@@ -664,7 +1020,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_source_flags(cmd)
     add_destination_flags(cmd)
     add_interval_flags(cmd)
+    add_write_flags(cmd)
     add_run_flags(cmd)
+    add_no_op_flags(cmd)
+    add_refused_flags(cmd)
     cmd.set_defaults(handler=ingest)
     return parser
 
@@ -729,14 +1088,76 @@ def add_interval_flags(cmd: argparse.ArgumentParser) -> None:
     )
 
 
+def add_write_flags(cmd: argparse.ArgumentParser) -> None:
+    """ingestr's write flags: ``--incremental-strategy``, ``--incremental-key``, ``--primary-key``,
+    ``--columns``, ``--sql-exclude-columns`` and ``--full-refresh``."""
+    cmd.add_argument(
+        "--incremental-strategy",
+        type=parse_strategy,
+        metavar="STRATEGY",
+        help="merge (upsert by the primary key), replace (the table becomes this run's rows), append "
+        "(insert, keeping what is there), delete+insert (delete the interval's rows by the incremental "
+        "key, then insert), or none: the table's own, the default (merge for the tables with an "
+        "incremental key, replace for the rest; ingestr's default is replace); scd2 is refused",
+    )
+    cmd.add_argument(
+        "--incremental-key",
+        metavar="COLUMN",
+        help="accepted only as the table's own key (events: datetime; most tables: updated or "
+        "updated_at), the one Klaviyo filters by; tables without one take none",
+    )
+    cmd.add_argument(
+        "--primary-key",
+        action="append",
+        metavar="COLUMN",
+        help="the column(s) that identify a row for merge and delete+insert, instead of id; repeat the "
+        "flag or separate with commas for a composite key; one --source-table only",
+    )
+    cmd.add_argument(
+        "--columns",
+        action="append",
+        metavar="NAME[:TYPE],...",
+        help="ingestr's column types: name:type (text, bigint, double, bool, timestamp, date, time, "
+        "decimal, json, binary, or a DuckDB type) types the column when the table or column is created; "
+        "a bare name (omniload's addition) writes only the named columns and the key columns; renames "
+        "are refused; one --source-table only",
+    )
+    cmd.add_argument(
+        "--sql-exclude-columns",
+        action="append",
+        metavar="COLUMN",
+        help="columns not to write (repeat or separate with commas); key columns cannot be excluded; "
+        "one --source-table only",
+    )
+    cmd.add_argument(
+        "--full-refresh",
+        action="store_true",
+        help="ignore the state and refresh the table completely: it becomes this run's rows, whatever "
+        "the strategy (ingestr drops and reloads it; a failed run's checkpoints are ignored too)",
+    )
+
+
 def add_run_flags(cmd: argparse.ArgumentParser) -> None:
-    """``--extract-parallelism``, ``--progress`` and ``--verbose``: how the run goes and shows."""
+    """How the run goes and shows: parallelism, page size, staging, resume, progress, dry run."""
     cmd.add_argument(
         "--extract-parallelism",
         type=parse_parallelism,
         metavar="N",
         help=f"concurrent Klaviyo requests inside the run, {MIN_PARALLELISM}-{MAX_PARALLELISM} (default: "
         "the resource's extract_parallelism, 40); Klaviyo's rate limits still apply",
+    )
+    cmd.add_argument(
+        "--page-size",
+        type=parse_page_size,
+        metavar="N",
+        help="records per Klaviyo page (the resource's page_size), capped at each endpoint's largest "
+        "(10 to 1,000; default: the largest)",
+    )
+    cmd.add_argument(
+        "--pipelines-dir",
+        metavar="DIR",
+        help="where the run stages its Parquet files before DuckDB loads them (default: "
+        "$OMNILOAD_STAGING_DIR, else the system temp dir); resume state lives in the database",
     )
     cmd.add_argument(
         "--no-resume",
@@ -747,17 +1168,150 @@ def add_run_flags(cmd: argparse.ArgumentParser) -> None:
     )
     cmd.add_argument(
         "--progress",
-        choices=("auto", "bar", "log", "off"),
+        type=parse_progress,
         default="auto",
-        help="progress on stderr: a bar (pages, records, records/s, 429 waits), plain log lines, or none "
-        "(default: auto, a bar on a terminal and log lines otherwise)",
+        metavar="{auto,bar,interactive,log,off}",
+        help="progress on stderr: a bar (pages, records, records/s, 429 waits; ingestr's interactive), "
+        "plain log lines, or none (default: auto, a bar on a terminal and log lines otherwise)",
+    )
+    cmd.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print the plan (tables, interval, destination, strategy, keys, columns) and exit without "
+        "a request or a write (omniload's own: ingestr has no dry run)",
+    )
+    cmd.add_argument(
+        "--yes",
+        action="store_true",
+        help="skip the confirmation prompt (ingestr's flag; omniload asks none, so it changes nothing)",
     )
     cmd.add_argument(
         "-v",
         "--verbose",
+        "--debug",
         action="store_true",
-        help="also show Dagster's run logs, warnings, and the full traceback of a failure",
+        help="also show Dagster's run logs, warnings, and the full traceback of a failure (--debug: "
+        "ingestr's name)",
     )
+
+
+def add_no_op_flags(cmd: argparse.ArgumentParser) -> None:
+    """ingestr flags whose only values that apply are what omniload does anyway."""
+    group = cmd.add_argument_group("ingestr flags accepted with the value omniload already uses")
+    group.add_argument(
+        "--loader-file-format", type=parse_loader_format, metavar="parquet", help="omniload stages Parquet"
+    )
+    group.add_argument(
+        "--schema-naming",
+        type=parse_schema_naming,
+        metavar="{default,auto,snake_case}",
+        help="omniload's names are snake_case; direct is refused",
+    )
+    group.add_argument(
+        "--schema-contract",
+        type=parse_schema_contract,
+        metavar="evolve",
+        help="omniload adds new attributes as columns and widens types; freeze and discard_* are refused",
+    )
+
+
+#: ingestr flags that cannot apply to a Klaviyo -> DuckDB load: whether each takes a value, and why.
+STREAM_ONLY = "cannot apply: it is only valid with --stream (CDC and message-broker sources)"
+UNCHANGED = "not supported: omniload writes Klaviyo's values unchanged"
+WHOLE_WINDOWS = "Klaviyo is read in whole windows: narrow --interval-start/--interval-end instead"
+REFUSED_FLAGS: dict[str, tuple[bool, str]] = {
+    "--partition-by": (True, "cannot apply: DuckDB tables have no partition key"),
+    "--cluster-by": (True, "cannot apply: DuckDB tables have no clustering key"),
+    "--sql-backend": (
+        True,
+        "cannot apply: it picks the reader of SQL sources; Klaviyo is read through its API",
+    ),
+    "--sql-reflection-level": (
+        True,
+        "cannot apply: it reflects SQL sources' schemas; Klaviyo's columns come from omniload's catalogue",
+    ),
+    "--sql-limit": (True, f"cannot apply: it caps the rows read from SQL sources; {WHOLE_WINDOWS}"),
+    "--yield-limit": (
+        True,
+        f"not supported: a partial window would leave its merge incomplete; {WHOLE_WINDOWS}",
+    ),
+    "--staging-bucket": (
+        True,
+        "cannot apply: it stages loads of cloud warehouses; DuckDB loads the run's local Parquet files "
+        "(--pipelines-dir)",
+    ),
+    "--staging-dataset": (
+        True,
+        "cannot apply: it names the staging schema of warehouse merges; omniload merges its staged files "
+        "in one DuckDB transaction",
+    ),
+    "--loader-file-size": (True, "not supported: omniload stages Parquet files of a fixed 20,000 rows"),
+    "--mask": (True, f"{UNCHANGED}; mask in a view or downstream model"),
+    "--trim-whitespace": (False, f"{UNCHANGED}; trim in a view or downstream model"),
+    "--no-load-timestamp": (
+        False,
+        "not supported: the _loaded_at column stays, merges and the deletion sweep rely on it",
+    ),
+    "--no-inference": (
+        False,
+        "cannot apply: omniload infers no schema, Klaviyo's columns and types come from its catalogue",
+    ),
+    "--incremental-predicate": (
+        True,
+        "not supported: omniload's DuckDB merge takes no SQL predicate (--interval-start/--interval-end "
+        "bound the rows)",
+    ),
+    "--stream": (False, "cannot apply: streaming is for CDC and message-broker sources, not Klaviyo's API"),
+    "--flush-interval": (True, STREAM_ONLY),
+    "--flush-records": (True, STREAM_ONLY),
+    "--metrics-addr": (True, STREAM_ONLY),
+    "--query-annotations": (
+        True,
+        "cannot apply: it tags warehouse queries for cost attribution; DuckDB has no query tags",
+    ),
+    "--extract-partition-by": (
+        True,
+        "cannot apply: omniload splits each window into parallel pieces by the table's incremental key "
+        "itself (--extract-parallelism)",
+    ),
+    "--extract-partition-interval": (
+        True,
+        "cannot apply: omniload splits each window into parallel pieces itself (--extract-parallelism)",
+    ),
+    "--disable-prestaging": (
+        False,
+        "cannot apply: it is for schema-inferred sources; omniload's catalogue fixes Klaviyo's schema",
+    ),
+}
+
+
+class RefusedFlag(argparse.Action):
+    """An ingestr flag that cannot apply: using it is a one-line usage error saying why."""
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: object,
+        option_string: str | None = None,
+    ) -> NoReturn:
+        parser.error(f"{option_string}: {self.help}")
+
+
+def add_refused_flags(cmd: argparse.ArgumentParser) -> None:
+    """:data:`REFUSED_FLAGS`, listed in ``--help`` with their reasons."""
+    group = cmd.add_argument_group(
+        "ingestr flags that cannot apply to a Klaviyo -> DuckDB load (refused, with the reason below)"
+    )
+    for flag, (takes_value, reason) in REFUSED_FLAGS.items():
+        group.add_argument(
+            flag,
+            action=RefusedFlag,
+            nargs="?" if takes_value else 0,
+            metavar="VALUE",
+            help=reason,
+            default=argparse.SUPPRESS,
+        )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

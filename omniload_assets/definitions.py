@@ -1,37 +1,23 @@
-"""The code location's table of contents: assets, resources, checks, automation and the deletion sweep."""
+"""The code location's table of contents: :func:`omniload_assets.klaviyo_definitions` with its
+defaults (every option from the environment, ``OMNILOAD_TABLES`` choosing the tables), this
+deployment's executor, and any component scaffolded into ``omniload_assets/defs`` (``dg scaffold defs``).
+"""
 
 from __future__ import annotations
+
+import importlib
+import sys
+from pathlib import Path
 
 import dagster as dg
 
 from omniload_assets import settings
-from omniload_assets.assets import IO_MANAGER_KEY, build_assets
-from omniload_assets.automation import build_jobs, build_schedules
-from omniload_assets.checks import build_checks
-from omniload_assets.deletions import SWEEP_RESOURCE, DeletionSweepResource
-from omniload_assets.klaviyo.client import DEFAULT_BASE_URL
-from omniload_assets.klaviyo.resource import KlaviyoResource
-from omniload_assets.sensors import build_sensors
-from omniload_assets.warehouse.io_manager import KlaviyoDuckDBIOManager
+from omniload_assets.factory import build_resources, klaviyo_definitions
 
+__all__ = ["build_definitions", "build_executor", "build_resources", "defs"]
 
-def build_resources() -> dict[str, dg.ConfigurableResource | dg.ConfigurableIOManagerFactory]:
-    """Resources for this deployment, configured from the environment (see ``settings``)."""
-    return {
-        "klaviyo": KlaviyoResource(
-            api_key=dg.EnvVar("KLAVIYO_API_KEY"),
-            base_url=settings.env("KLAVIYO_BASE_URL") or DEFAULT_BASE_URL,
-        ),
-        IO_MANAGER_KEY: KlaviyoDuckDBIOManager(
-            database=settings.duckdb_path(),
-            schema=settings.duckdb_schema(),
-            lock_timeout_s=settings.lock_timeout_s(),
-            memory_limit=settings.duckdb_memory_limit(),
-        ),
-        SWEEP_RESOURCE: DeletionSweepResource(
-            hard_delete=settings.hard_delete(), allow_empty=settings.sweep_allow_empty()
-        ),
-    }
+#: The package of ``dg``'s components (``[tool.dg.project] defs_module``).
+DEFS_MODULE = "omniload_assets.defs"
 
 
 def build_executor() -> dg.ExecutorDefinition:
@@ -57,22 +43,37 @@ def build_executor() -> dg.ExecutorDefinition:
 
 
 def build_definitions() -> dg.Definitions:
-    """Everything the code location holds, read from the environment at call time.
+    """The default Klaviyo assets and everything around them, read from the environment at call time.
 
     Every ``OMNILOAD_*`` variable is checked first (``settings.validate_all``): a bad one fails the
     load, ``dagster definitions validate`` included, with one line naming it.
     """
-    settings.validate_all()
-    jobs = build_jobs()
-    return dg.Definitions(
-        assets=build_assets(),
-        asset_checks=build_checks(),
-        jobs=jobs.all(),
-        schedules=build_schedules(jobs),
-        sensors=build_sensors(jobs.incremental),
-        resources=build_resources(),
-        executor=build_executor(),
-    )
+    return dg.Definitions.merge(klaviyo_definitions(), dg.Definitions(executor=build_executor()))
 
 
-defs = build_definitions()
+def scaffolded_definitions() -> dg.Definitions | None:
+    """The components scaffolded into ``omniload_assets/defs`` (none: None, and nothing imported)."""
+    folder = Path(__file__).parent / "defs"
+    if not folder.is_dir() or not any(p.is_dir() and p.name[0] not in "_." for p in folder.iterdir()):
+        return None
+    package = sys.modules[__package__ or "omniload_assets"]
+    defs_root = importlib.import_module(DEFS_MODULE)
+    # Importing the folder made ``omniload_assets.defs`` that module; drop it, so the name is the
+    # code location's Definitions again (``dagster ... -m omniload_assets``: its lazy ``__getattr__``).
+    vars(package).pop("defs", None)
+    return dg.load_defs(defs_root, project_root=folder.parents[1])
+
+
+def build_location() -> dg.Definitions:
+    """What ``dagster dev``, ``dg list defs`` and ``workspace.yaml`` load: the default Klaviyo
+    assets and any scaffolded component."""
+    scaffolded = scaffolded_definitions()
+    default = build_definitions()
+    return default if scaffolded is None else dg.Definitions.merge(default, scaffolded)
+
+
+@dg.definitions
+def defs() -> dg.Definitions:
+    """The code location, built when Dagster loads it (not at import: loading the scaffolded
+    components lists this package's members, ``defs`` among them)."""
+    return build_location()

@@ -22,13 +22,13 @@ from typing import Any
 import dagster as dg
 from pydantic import Field
 
-from omniload_assets import settings
-from omniload_assets.assets import IO_MANAGER_KEY, KEY_PREFIX, asset_key
+from omniload_assets.assets import IO_MANAGER_KEY, KLAVIYO_KEY, pool_name
 from omniload_assets.checks import DELETED, deleted_metadata
 from omniload_assets.klaviyo.catalog import TableSpec, get_table
 from omniload_assets.klaviyo.client import ClientStats
 from omniload_assets.klaviyo.resource import KlaviyoResource
 from omniload_assets.klaviyo.sweep import list_ids, sweep_field
+from omniload_assets.layout import Layout
 from omniload_assets.warehouse.deletions import SuspiciousListingError, SweepResult, apply_listing
 from omniload_assets.warehouse.io_manager import KlaviyoDuckDBIOManager
 from omniload_assets.warehouse.reads import table_exists
@@ -55,33 +55,38 @@ class DeletionSweepResource(dg.ConfigurableResource):
     )
 
 
-def sweep_op_name(spec: TableSpec) -> str:
-    return f"sweep_{spec.asset_name}"
+def sweep_op_name(spec: TableSpec, layout: Layout | None = None) -> str:
+    """``sweep_<table>``; under another key prefix, with its stem first (op names are unique in a
+    code location)."""
+    return (layout or Layout()).name(f"sweep_{spec.asset_name}")
 
 
-def build_sweep_op(spec: TableSpec) -> dg.OpDefinition:
-    """The op that sweeps one table."""
+def build_sweep_op(spec: TableSpec, layout: Layout | None = None) -> dg.OpDefinition:
+    """The op that sweeps one table (of ``layout``: its resource keys and asset key)."""
+    layout = layout or Layout()
+    resource_keys = {layout.name(KLAVIYO_KEY), layout.name(IO_MANAGER_KEY), layout.name(SWEEP_RESOURCE)}
 
     @dg.op(
-        name=sweep_op_name(spec),
+        name=sweep_op_name(spec, layout),
         description=f"Lists the ids of Klaviyo {spec.name} ({spec.path}, fields[{spec.resource_type}]="
         f"{sweep_field(spec)}) and marks the rows of the table whose id is gone.",
         out=dg.Out(dg.Nothing),
-        required_resource_keys={"klaviyo", IO_MANAGER_KEY, SWEEP_RESOURCE},
+        required_resource_keys=resource_keys,
         tags={"klaviyo/table": spec.name, "klaviyo/rate_tier": spec.rate_limit.tier},
-        pool=f"{KEY_PREFIX}_{spec.asset_name}",
+        pool=pool_name(spec),
     )
     def _sweep(context: dg.OpExecutionContext) -> None:
-        sweep_table(context, spec)
+        sweep_table(context, spec, layout)
 
     return _sweep
 
 
-def sweep_table(context: dg.OpExecutionContext, spec: TableSpec) -> SweepResult:
+def sweep_table(context: dg.OpExecutionContext, spec: TableSpec, layout: Layout | None = None) -> SweepResult:
     """List ``spec``'s ids, then mark and restore its rows in one transaction; report what it did."""
-    klaviyo: KlaviyoResource = context.resources.klaviyo
-    warehouse: KlaviyoDuckDBIOManager = getattr(context.resources, IO_MANAGER_KEY)
-    options: DeletionSweepResource = getattr(context.resources, SWEEP_RESOURCE)
+    layout = layout or Layout()
+    klaviyo: KlaviyoResource = getattr(context.resources, layout.name(KLAVIYO_KEY))
+    warehouse: KlaviyoDuckDBIOManager = getattr(context.resources, layout.name(IO_MANAGER_KEY))
+    options: DeletionSweepResource = getattr(context.resources, layout.name(SWEEP_RESOURCE))
     schema, table = warehouse.schema_name, warehouse.table_name(spec)
     if not _ready(warehouse, spec):
         context.log.info(f"{schema}.{table} does not exist yet: nothing to sweep (materialize it first)")
@@ -106,7 +111,8 @@ def sweep_table(context: dg.OpExecutionContext, spec: TableSpec) -> SweepResult:
             )
     except SuspiciousListingError as exc:
         raise dg.Failure(str(exc), metadata={"ids_listed": 0, "requests": stats.requests}) from None
-    _report(context, spec, result, stats, time.monotonic() - started, hard_delete=options.hard_delete)
+    duration_s = time.monotonic() - started
+    _report(context, layout.key(spec), spec, result, stats, duration_s, hard_delete=options.hard_delete)
     return result
 
 
@@ -155,6 +161,7 @@ def sweep_metadata(
 
 def _report(
     context: dg.OpExecutionContext,
+    key: dg.AssetKey,
     spec: TableSpec,
     result: SweepResult,
     stats: ClientStats,
@@ -162,8 +169,7 @@ def _report(
     *,
     hard_delete: bool,
 ) -> None:
-    """The sweep's metadata on the table's asset, and its deleted-rows check brought up to date."""
-    key = asset_key(spec)
+    """The sweep's metadata on the table's asset ``key``, and its deleted-rows check brought up to date."""
     meta = sweep_metadata(result, stats, duration_s, hard_delete=hard_delete)
     context.log_event(dg.AssetObservation(asset_key=key, metadata=meta))
     rows = result.rows - result.hard_deleted
@@ -179,13 +185,15 @@ def _report(
     )
 
 
-def build_sweep_job(tables: Sequence[str] | None = None) -> dg.JobDefinition:
-    """The sweep of ``tables`` (catalogue names; default ``OMNILOAD_SWEEP_TABLES``), one op each."""
-    specs = [get_table(name) for name in (settings.sweep_tables() if tables is None else tables)]
-    ops = [build_sweep_op(spec) for spec in specs]
+def build_sweep_job(tables: Sequence[str] | None = None, layout: Layout | None = None) -> dg.JobDefinition:
+    """The sweep of ``tables`` (catalogue names; default: the layout's, ``OMNILOAD_SWEEP_TABLES`` by
+    default), one op each."""
+    layout = layout or Layout()
+    specs = [get_table(name) for name in (layout.sweep_tables() if tables is None else tables)]
+    ops = [build_sweep_op(spec, layout) for spec in specs]
 
     @dg.job(
-        name=SWEEP_JOB,
+        name=layout.name(SWEEP_JOB),
         description=f"Marks the rows of {', '.join(s.name for s in specs)} whose id Klaviyo no longer "
         "lists (_deleted_at; OMNILOAD_HARD_DELETE=1 deletes them), one table per op.",
         tags={"omniload/kind": "deletion_sweep"},

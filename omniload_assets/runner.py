@@ -28,18 +28,55 @@ def partition_range_tags(first_day: date, last_day: date) -> dict[str, str]:
 
 
 def window_run_config(
-    assets: Sequence[dg.AssetsDefinition], first_day: date | None, last_day: date | None, resume: bool = True
+    assets: Sequence[dg.AssetsDefinition],
+    first_day: date | None,
+    last_day: date | None,
+    resume: bool = True,
+    write_options: Mapping[str, Mapping[str, object]] | None = None,
 ) -> dict:
     """Run config giving each partitioned asset the window ``first_day`` .. ``last_day`` (whole days;
-    None: its partitions' days) and, when not ``resume``, a full pass."""
-    config: dict[str, object] = {} if resume else {"resume": False}
+    None: its partitions' days) and, when not ``resume``, a full pass; and every asset, partitioned
+    or not, its entry of ``write_options`` (table name -> ``full_refresh``, ``incremental_strategy``,
+    ``primary_key``, ``columns``: :class:`~omniload_assets.partitions.WindowConfig`'s write options)."""
+    window: dict[str, object] = {} if resume else {"resume": False}
     if first_day is not None and last_day is not None:
         start = datetime.combine(first_day, time(), UTC)
         end = datetime.combine(last_day + timedelta(days=1), time(), UTC)
-        config.update({"start": start.isoformat(), "end": end.isoformat()})
-    if not config:
-        return {}
-    return {"ops": {a.op.name: {"config": config} for a in assets if a.partitions_def is not None}}
+        window.update({"start": start.isoformat(), "end": end.isoformat()})
+    ops: dict[str, object] = {}
+    for a in assets:
+        config = dict(window) if a.partitions_def is not None else {}
+        config.update((write_options or {}).get(a.key.path[-1], {}))
+        if config:
+            ops[a.op.name] = {"config": config}
+    return {"ops": ops} if ops else {}
+
+
+Run = tuple[list[dg.AssetsDefinition], dict[str, str], dict]
+
+
+def plan_runs(
+    assets: Sequence[dg.AssetsDefinition],
+    days: tuple[date, date],
+    partition_status: bool,
+    base_config: Mapping[str, object],
+    resume: bool,
+    write_options: Mapping[str, Mapping[str, object]] | None,
+) -> list[Run]:
+    """The runs of :func:`materialize_tables`: (assets, tags, run config) each, empty ones dropped."""
+    if partition_status:
+        partitioned = [a for a in assets if a.partitions_def is not None]
+        whole = [a for a in assets if a.partitions_def is None]
+        partitioned_config = {
+            **base_config,
+            **window_run_config(partitioned, None, None, resume, write_options),
+        }
+        whole_config = {**base_config, **window_run_config(whole, None, None, resume, write_options)}
+        runs = [(partitioned, partition_range_tags(*days), partitioned_config), (whole, {}, whole_config)]
+    else:
+        window_config = window_run_config(assets, *days, resume, write_options)
+        runs = [(list(assets), {}, {**base_config, **window_config})]
+    return [run for run in runs if run[0]]
 
 
 def materialize_tables(
@@ -54,6 +91,7 @@ def materialize_tables(
     run_config: Mapping[str, object] | None = None,
     partition_status: bool | None = None,
     resume: bool = True,
+    write_options: Mapping[str, Mapping[str, object]] | None = None,
 ) -> list[RunOutcome]:
     """Load ``tables`` over ``[first_day, last_day]``.
 
@@ -66,7 +104,9 @@ def materialize_tables(
 
     ``run_config`` goes to every run as it is (the CLI uses it to quieten Dagster's console logger).
     ``resume=False`` makes the partitioned tables fetch everything, checkpoints of a failed attempt
-    notwithstanding.
+    notwithstanding. ``write_options`` (table name -> op config) go to each table's op in either
+    run: how ``omniload ingest``'s ingestr flags (``--full-refresh``, ``--incremental-strategy``,
+    ``--primary-key``, ``--columns``) reach every selected asset.
     """
     if last_day < first_day:
         raise ValueError(f"the range ends ({last_day}) before it starts ({first_day})")
@@ -74,19 +114,10 @@ def materialize_tables(
         partition_status = instance.is_persistent
     assets = [defs.get_assets_def(asset_key(t)) for t in tables]
     res = dict(resources) if resources is not None else dict(defs.resources or {})
-    base_config = dict(run_config or {})
-    if partition_status:
-        partitioned = [a for a in assets if a.partitions_def is not None]
-        whole = [a for a in assets if a.partitions_def is None]
-        range_tags = partition_range_tags(first_day, last_day)
-        partitioned_config = {**base_config, **window_run_config(partitioned, None, None, resume)}
-        runs = [(partitioned, range_tags, partitioned_config), (whole, {}, base_config)]
-    else:
-        runs = [(assets, {}, {**base_config, **window_run_config(assets, first_day, last_day, resume)})]
+    days = (first_day, last_day)
+    runs = plan_runs(assets, days, partition_status, dict(run_config or {}), resume, write_options)
     outcomes: list[RunOutcome] = []
     for group, tags, config in runs:
-        if not group:
-            continue
         result = dg.materialize(
             group,
             resources=res,

@@ -29,12 +29,11 @@ from datetime import UTC, date, datetime
 import dagster as dg
 
 from omniload_assets import settings
-from omniload_assets.assets import asset_key
+from omniload_assets.assets import IO_MANAGER_KEY, KLAVIYO_KEY, asset_key
 from omniload_assets.automation import (
     TRIGGER_TAG,
     AssetJob,
     Clock,
-    incremental_tables,
     overlaps,
     read_deferrals,
     runs_in_flight,
@@ -47,6 +46,7 @@ from omniload_assets.klaviyo.client import ClientStats
 from omniload_assets.klaviyo.errors import KlaviyoAuthError, KlaviyoConfigError, KlaviyoError
 from omniload_assets.klaviyo.resource import KlaviyoResource
 from omniload_assets.klaviyo.windows import format_datetime, parse_datetime
+from omniload_assets.layout import Layout
 from omniload_assets.settings import CHANGE_SENSOR
 from omniload_assets.warehouse.checkpoints import Deferral
 from omniload_assets.warehouse.connection import WarehouseError
@@ -131,10 +131,13 @@ def plan_tick(
     first_partition: date,
     now: datetime,
     deferred: Mapping[str, Deferral] | None = None,
+    key: Callable[[TableSpec], dg.AssetKey] = asset_key,
+    name: str = CHANGE_SENSOR,
 ) -> Tick:
     """Run requests for the changed partitions; marks advance only for the tables requested.
 
-    Tables in ``deferred`` (Klaviyo table name -> deferral) are not probed.
+    Tables in ``deferred`` (Klaviyo table name -> deferral) are not probed. ``key`` gives a table's
+    asset key, ``name`` is the sensor's (both of the default layout unless given).
     """
     next_marks = dict(marks)
     notes: list[str] = []
@@ -160,7 +163,7 @@ def plan_tick(
         if change is None:
             continue
         partitions = sorted(d.isoformat() for d in change.days if first_partition <= d <= today)
-        if overlaps(in_flight, asset_key(spec), partitions):
+        if overlaps(in_flight, key(spec), partitions):
             warnings.append(f"{spec.name}: changed, but a run of {', '.join(partitions)} is in flight")
             continue
         for partition in partitions:
@@ -168,10 +171,15 @@ def plan_tick(
         # Never move the mark past now: a future-dated key would hide changes made before it.
         next_marks[spec.name] = min(change.newest, now.astimezone(UTC))
         notes.append(f"{spec.name}: changed up to {change.newest.isoformat()} in {', '.join(partitions)}")
-    return Tick(run_requests(by_day, next_marks), next_marks, notes, warnings)
+    return Tick(run_requests(by_day, next_marks, key, name), next_marks, notes, warnings)
 
 
-def run_requests(by_day: dict[str, list[TableSpec]], marks: dict[str, datetime]) -> list[dg.RunRequest]:
+def run_requests(
+    by_day: dict[str, list[TableSpec]],
+    marks: dict[str, datetime],
+    key: Callable[[TableSpec], dg.AssetKey] = asset_key,
+    name: str = CHANGE_SENSOR,
+) -> list[dg.RunRequest]:
     """One run per changed partition over its changed tables; the run key names the marks reached,
     so a later change of the same partition is a new run."""
     requests = []
@@ -181,10 +189,10 @@ def run_requests(by_day: dict[str, list[TableSpec]], marks: dict[str, datetime])
         digest = hashlib.sha256(marks_text.encode()).hexdigest()[:12]
         requests.append(
             dg.RunRequest(
-                run_key=f"{CHANGE_SENSOR}:{partition}:{'+'.join(names)}:{digest}",
+                run_key=f"{name}:{partition}:{'+'.join(names)}:{digest}",
                 partition_key=partition,
-                asset_selection=[asset_key(t) for t in sorted(tables, key=lambda t: t.name)],
-                tags={TRIGGER_TAG: CHANGE_SENSOR},
+                asset_selection=[key(t) for t in sorted(tables, key=lambda t: t.name)],
+                tags={TRIGGER_TAG: name},
             )
         )
     return requests
@@ -217,33 +225,42 @@ def build_change_sensor(
     *,
     minimum_interval_seconds: int | None = None,
     clock: Clock = utc_now,
+    layout: Layout | None = None,
 ) -> dg.SensorDefinition:
-    """One sensor over every partitioned table of the catalogue."""
-    specs = incremental_tables()
-    first_partition = settings.start_date()
-    interval = settings.sensor_interval_s() if minimum_interval_seconds is None else minimum_interval_seconds
+    """One sensor over every partitioned table the layout's automation covers (default: the catalogue's)."""
+    layout = layout or Layout()
+    specs, first_partition, name = (
+        layout.incremental_tables(),
+        layout.first_partition(),
+        layout.name(CHANGE_SENSOR),
+    )
+    interval = minimum_interval_seconds
+    if interval is None:
+        chosen = layout.automation.sensor_interval_s
+        interval = settings.sensor_interval_s() if chosen is None else chosen
+    klaviyo_key, io_key = layout.name(KLAVIYO_KEY), layout.name(IO_MANAGER_KEY)
 
     @dg.sensor(
-        name=CHANGE_SENSOR,
+        name=name,
         job_name=job.name,
         minimum_interval_seconds=interval,
-        default_status=sensor_status(CHANGE_SENSOR),
+        default_status=sensor_status(CHANGE_SENSOR, layout),
+        required_resource_keys={klaviyo_key, io_key},
         description=(
             f"Every {interval} s asks Klaviyo (one small sorted request per table where the API "
             f"allows) whether any of the {len(specs)} partitioned tables changed since its "
             "high-water mark, and requests runs for just the changed partitions."
         ),
     )
-    def _sensor(
-        context: dg.SensorEvaluationContext,
-        klaviyo: KlaviyoResource,
-        klaviyo_duckdb: dg.ResourceParam[KlaviyoDuckDBIOManager],
-    ) -> dg.SensorResult:
+    # ``**_resources``: calling the sensor directly (``sensor(context)``) passes the required
+    # resources as keywords too; they are read from the context either way.
+    def _sensor(context: dg.SensorEvaluationContext, **_resources: object) -> dg.SensorResult:
         now = clock()
-        materialized = materialized_marks(klaviyo_duckdb, specs, context.log)
-        marks = merge_marks(load_marks(context.cursor), materialized)
-        in_flight = runs_in_flight(context.instance, [asset_key(s) for s in specs])
-        deferred = deferred_sources(klaviyo_duckdb, now, context.log)
+        klaviyo: KlaviyoResource = getattr(context.resources, klaviyo_key)
+        warehouse: KlaviyoDuckDBIOManager = getattr(context.resources, io_key)
+        marks = merge_marks(load_marks(context.cursor), materialized_marks(warehouse, specs, context.log))
+        in_flight = runs_in_flight(context.instance, [layout.key(s) for s in specs], layout)
+        deferred = deferred_sources(warehouse, now, context.log)
         stats = ClientStats()
         with probing_resource(klaviyo).get_client() as client:
             tick = plan_tick(
@@ -254,6 +271,8 @@ def build_change_sensor(
                 first_partition=first_partition,
                 now=now,
                 deferred=deferred,
+                key=layout.key,
+                name=name,
             )
         log_tick(context.log, tick, stats)
         skip = None if tick.run_requests else "no Klaviyo table changed since its high-water mark"
@@ -264,5 +283,10 @@ def build_change_sensor(
     return _sensor
 
 
-def build_sensors(job: AssetJob) -> list[dg.SensorDefinition]:
-    return [build_change_sensor(job)]
+def build_sensors(job: AssetJob | None, layout: Layout | None = None) -> list[dg.SensorDefinition]:
+    """The change sensor over the incremental ``job``; none without that job or when the layout
+    turns the sensor off."""
+    layout = layout or Layout()
+    if job is None or not layout.automation.sensor:
+        return []
+    return [build_change_sensor(job, layout=layout)]

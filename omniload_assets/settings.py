@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import os
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Sequence
 from datetime import UTC, date, datetime
 from pathlib import Path
 
@@ -22,6 +22,10 @@ ENV_VARS: dict[str, tuple[str | None, str]] = {
         "DuckDB memory_limit of a write, spilling to disk beyond it (e.g. 1GB; none: 80% of RAM)",
     ),
     "OMNILOAD_STAGING_DIR": (None, "where extracted batches are staged (default: a temp dir)"),
+    "OMNILOAD_TABLES": (
+        None,
+        "tables of the code location, comma-separated catalogue names (events,profiles); unset: all 20",
+    ),
     "OMNILOAD_AUTOMATION": ("off", "schedules/sensors running from the start: off, all, or names (a,b)"),
     "OMNILOAD_SCHEDULE_CRON": ("0 * * * *", "cron (UTC) of the incremental schedule: hourly"),
     "OMNILOAD_LOOKBACK_DAYS": ("3", "days before today the incremental schedule re-materializes"),
@@ -105,23 +109,21 @@ def start_date() -> date:
     return parse_start_date(env_str("OMNILOAD_START_DATE"))
 
 
-def parse_start_date(text: str) -> date:
-    """A past ``YYYY-MM-DD`` from 2012-01-01 on; else :class:`SettingsError` naming the variable."""
+def parse_start_date(text: str, name: str = "OMNILOAD_START_DATE") -> date:
+    """A past ``YYYY-MM-DD`` from 2012-01-01 on; else :class:`SettingsError` naming ``name``."""
     raw = text.strip()
     try:
         if not _ISO_DATE.fullmatch(raw):
             raise ValueError(raw)
         parsed = date.fromisoformat(raw)
     except ValueError:
-        raise SettingsError(
-            f"OMNILOAD_START_DATE={raw!r} is not a date; use YYYY-MM-DD, e.g. 2022-01-01"
-        ) from None
+        raise SettingsError(f"{name}={raw!r} is not a date; use YYYY-MM-DD, e.g. 2022-01-01") from None
     if parsed > datetime.now(UTC).date():
-        raise SettingsError(f"OMNILOAD_START_DATE={raw!r} is in the future; use a past date")
+        raise SettingsError(f"{name}={raw!r} is in the future; use a past date")
     if parsed < EARLIEST_START:
         # Klaviyo has no data that old, and each day is a partition: keep the set small.
         raise SettingsError(
-            f"OMNILOAD_START_DATE={raw!r} is before {EARLIEST_START.isoformat()}; use the day your "
+            f"{name}={raw!r} is before {EARLIEST_START.isoformat()}; use the day your "
             "Klaviyo account's data starts, e.g. 2022-01-01"
         )
     return parsed
@@ -133,16 +135,20 @@ def duckdb_path() -> str:
 
 def check_duckdb_path() -> str:
     """``OMNILOAD_DUCKDB_PATH`` checked as a write would use it (``connection.check_writable``)."""
+    return parse_duckdb_path(duckdb_path())
+
+
+def parse_duckdb_path(raw: str, name: str = "OMNILOAD_DUCKDB_PATH") -> str:
+    """A DuckDB database a write can use; else :class:`SettingsError` naming ``name``."""
     from omniload_assets.warehouse.connection import WarehouseError, check_writable, show_database
 
-    raw = duckdb_path()
     if "://" in raw and not raw.strip().startswith("duckdb://"):
         raise SettingsError(
-            f"OMNILOAD_DUCKDB_PATH={show_database(raw)!r} is not a DuckDB database; use a file path, "
+            f"{name}={show_database(raw)!r} is not a DuckDB database; use a file path, "
             "duckdb:///path/to/file.duckdb or md:database"
         )
     try:
-        return check_writable(raw)
+        return check_writable(raw, setting=name)
     except WarehouseError as exc:
         raise SettingsError(_one_line(str(exc))) from None
 
@@ -152,16 +158,14 @@ def duckdb_schema() -> str:
     return parse_schema(env_str("OMNILOAD_DUCKDB_SCHEMA"))
 
 
-def parse_schema(raw: str) -> str:
-    """A name the writer can use (``writer.check_name``), else :class:`SettingsError` naming the variable."""
+def parse_schema(raw: str, name: str = "OMNILOAD_DUCKDB_SCHEMA") -> str:
+    """A name the writer can use (``writer.check_name``), else :class:`SettingsError` naming ``name``."""
     from omniload_assets.warehouse.writer import TableNameError, check_name
 
     try:
         return check_name(raw, "schema")
     except TableNameError as exc:
-        raise SettingsError(
-            f"OMNILOAD_DUCKDB_SCHEMA={_shown(raw)} is not a schema name: {_one_line(str(exc))}"
-        ) from None
+        raise SettingsError(f"{name}={_shown(raw)} is not a schema name: {_one_line(str(exc))}") from None
 
 
 def staging_dir() -> str | None:
@@ -241,8 +245,11 @@ def duckdb_memory_limit() -> str | None:
     return parse_memory_limit(ENV_VARS[name][0] if raw is None else raw, name)
 
 
-def parse_whole_number(name: str, raw: str, minimum: int, maximum: int, unit: str) -> int:
-    """A whole number (``3`` or ``3.0``) from ``minimum`` to ``maximum``, else :class:`SettingsError`."""
+def parse_whole_number(
+    name: str, raw: str, minimum: int, maximum: int, unit: str, example: str | None = None
+) -> int:
+    """A whole number (``3`` or ``3.0``) from ``minimum`` to ``maximum``, else :class:`SettingsError`
+    naming ``name`` (an example value: ``example``, else the variable's default)."""
     try:
         value = float(raw)
     except ValueError:
@@ -250,7 +257,7 @@ def parse_whole_number(name: str, raw: str, minimum: int, maximum: int, unit: st
     if not (math.isfinite(value) and value.is_integer() and minimum <= value <= maximum):
         raise SettingsError(
             f"{name}={raw!r} is not a whole number of {unit} from {minimum} to {maximum}; "
-            f"use e.g. {ENV_VARS[name][0]}"
+            f"use e.g. {example or ENV_VARS[name][0]}"
         )
     return int(value)
 
@@ -299,8 +306,9 @@ def sweep_cron() -> str:
     return parse_cron("OMNILOAD_SWEEP_CRON", env_str("OMNILOAD_SWEEP_CRON"))
 
 
-def parse_cron(name: str, raw: str) -> str:
-    """A cron expression Dagster schedules accept (``0 * * * *``, ``@daily``), else :class:`SettingsError`."""
+def parse_cron(name: str, raw: str, example: str | None = None) -> str:
+    """A cron expression Dagster schedules accept (``0 * * * *``, ``@daily``), else :class:`SettingsError`
+    naming ``name`` (an example: ``example``, else the variable's default)."""
     import dagster as dg
 
     cron = raw.strip()
@@ -310,7 +318,7 @@ def parse_cron(name: str, raw: str) -> str:
     except Exception:  # an invalid definition, or the cron parser's own errors on odd text
         valid = False
     if not valid:
-        raise SettingsError(f"{name}={raw!r} is not a cron expression, e.g. {ENV_VARS[name][0]!r}")
+        raise SettingsError(f"{name}={raw!r} is not a cron expression, e.g. {example or ENV_VARS[name][0]!r}")
     return cron
 
 
@@ -400,9 +408,9 @@ def asset_owners() -> list[str]:
     return parse_owners(env("OMNILOAD_ASSET_OWNERS") or "")
 
 
-def parse_owners(raw: str) -> list[str]:
+def parse_owners(raw: str, name: str = "OMNILOAD_ASSET_OWNERS") -> list[str]:
     """Comma-separated owners, each one Dagster takes (an email or ``team:<name>``); else
-    :class:`SettingsError`."""
+    :class:`SettingsError` naming ``name``."""
     import dagster as dg
 
     owners = [o.strip() for o in raw.split(",") if o.strip()]
@@ -413,9 +421,7 @@ def parse_owners(raw: str) -> list[str]:
         except dg.DagsterInvalidDefinitionError:
             valid = False
         if not valid:
-            raise SettingsError(
-                f"OMNILOAD_ASSET_OWNERS: {owner!r} is not an owner; use an email or team:<name>"
-            )
+            raise SettingsError(f"{name}: {owner!r} is not an owner; use an email or team:<name>")
     return owners
 
 
@@ -451,6 +457,38 @@ def parse_sweep_tables(raw: str | None) -> list[str]:
             f"separated by commas from: {', '.join(merge)}"
         )
     return [name for name in merge if name in wanted]
+
+
+def selected_tables() -> list[str] | None:
+    """``OMNILOAD_TABLES``: the catalogue names of the tables the code location loads, in catalogue
+    order; None when unset, empty or ``all`` (every table)."""
+    raw = env("OMNILOAD_TABLES")
+    text = (raw or "").strip()
+    if not text or text.lower() == "all":
+        return None
+    return parse_tables(text.split(","), f"OMNILOAD_TABLES={_shown(text)}", "OMNILOAD_TABLES")
+
+
+def parse_tables(names: Sequence[str], label: str, where: str) -> list[str]:
+    """Catalogue names (``list-profiles`` or ``list_profiles``) in catalogue order, each child table
+    with its parent; else :class:`SettingsError` starting with ``label`` and saying what to add to
+    ``where``."""
+    from omniload_assets.klaviyo.catalog import TABLES
+
+    catalogue = [t.name for t in TABLES]
+    wanted = {n.strip().lower().replace("_", "-") for n in names if n.strip()}
+    if not wanted:
+        raise SettingsError(f"{label} names no table; use names from: {', '.join(catalogue)}")
+    unknown = sorted(wanted - set(catalogue))
+    if unknown:
+        raise SettingsError(f"{label}: {unknown[0]!r} is not a table; use names from: {', '.join(catalogue)}")
+    for spec in TABLES:
+        if spec.name in wanted and spec.parent is not None and spec.parent not in wanted:
+            raise SettingsError(
+                f"{label}: {spec.name} is read per {spec.parent} id, so it needs its parent table: "
+                f"add {spec.parent} to {where}"
+            )
+    return [name for name in catalogue if name in wanted]
 
 
 def flag(name: str) -> bool:
@@ -497,6 +535,7 @@ VALIDATORS: dict[str, Callable[[], object]] = {
     "OMNILOAD_DUCKDB_LOCK_TIMEOUT": lock_timeout_s,
     "OMNILOAD_DUCKDB_MEMORY_LIMIT": duckdb_memory_limit,
     "OMNILOAD_STAGING_DIR": staging_dir,
+    "OMNILOAD_TABLES": selected_tables,
     "OMNILOAD_AUTOMATION": automation_names,
     "OMNILOAD_SCHEDULE_CRON": schedule_cron,
     "OMNILOAD_LOOKBACK_DAYS": lookback_days,
@@ -514,10 +553,13 @@ VALIDATORS: dict[str, Callable[[], object]] = {
 }
 
 
-def validate_all() -> None:
-    """Check every ``OMNILOAD_*`` variable; one :class:`SettingsError` whose line names each bad one."""
+def validate_all(skip: Collection[str] = ()) -> None:
+    """Check every ``OMNILOAD_*`` variable but those in ``skip`` (set by other means); one
+    :class:`SettingsError` whose line names each bad one."""
     problems = []
-    for check in VALIDATORS.values():
+    for name, check in VALIDATORS.items():
+        if name in skip:
+            continue
         try:
             check()
         except SettingsError as exc:

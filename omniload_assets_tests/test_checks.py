@@ -1,8 +1,9 @@
-"""Asset checks on real DuckDB tables: primary key unique and not null, freshness, deleted rows."""
+"""Asset checks on real DuckDB tables: primary key unique and not null (blocking), deleted rows; and
+the freshness policies that replaced the hand-made freshness check."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import timedelta
 from pathlib import Path
 
 import dagster as dg
@@ -11,11 +12,11 @@ import pytest
 
 from omniload_assets import settings
 from omniload_assets.assets import asset_key
-from omniload_assets.checks import DELETED, FRESHNESS, NOT_NULL, UNIQUE, check_names
+from omniload_assets.checks import DELETED, NOT_NULL, UNIQUE, check_names
 from omniload_assets.klaviyo.catalog import TABLES, get_table
 from omniload_assets.warehouse.reads import qualified_name
 
-CHECKS = (UNIQUE, NOT_NULL, FRESHNESS)
+CHECKS = (UNIQUE, NOT_NULL)
 
 
 def evaluations(result: dg.ExecuteInProcessResult) -> dict[tuple[str, str], dg.AssetCheckEvaluation]:
@@ -38,7 +39,8 @@ def materialize(defs: dg.Definitions, instance: dg.DagsterInstance, table: str) 
 
 
 def run_checks(defs: dg.Definitions, instance: dg.DagsterInstance, table: str) -> dg.ExecuteInProcessResult:
-    """Only the checks of ``table``, as the UI's "Execute checks" does."""
+    """Only the checks of ``table``, as the UI's "Execute checks" does (a failed blocking check
+    fails the run: its result is still there)."""
     spec = get_table(table)
     asset = defs.get_assets_def(asset_key(spec))
     checks = defs.get_asset_checks_def(dg.AssetCheckKey(asset_key(spec), UNIQUE))
@@ -47,6 +49,7 @@ def run_checks(defs: dg.Definitions, instance: dg.DagsterInstance, table: str) -
         instance=instance,
         resources=defs.resources,
         selection=dg.AssetSelection.checks_for_assets(asset),
+        raise_on_error=False,
     )
 
 
@@ -55,7 +58,7 @@ def execute(db_path: Path, table: str, sql: str) -> None:
         conn.execute(sql.format(table=qualified_name(conn, "klaviyo", table)))
 
 
-def test_every_table_has_the_three_checks_and_merge_tables_the_deleted_rows_one(defs: dg.Definitions) -> None:
+def test_every_table_has_the_two_checks_and_merge_tables_the_deleted_rows_one(defs: dg.Definitions) -> None:
     keys = set(defs.resolve_asset_graph().asset_check_keys)
     expected = {dg.AssetCheckKey(asset_key(t), c) for t in TABLES for c in CHECKS}
     expected |= {dg.AssetCheckKey(asset_key(t), DELETED) for t in TABLES if t.strategy == "merge"}
@@ -119,25 +122,21 @@ def test_deleted_rows_reports_the_marked_rows_and_passes(defs, instance, db_path
     assert found.metadata["deleted_share"].value == round(3 / rows, 4)
 
 
-def test_freshness_uses_the_newest_incremental_key_and_its_threshold(
-    sim_env, instance, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_freshness_is_dagsters_policy_from_the_setting(sim_env, monkeypatch: pytest.MonkeyPatch) -> None:
     from omniload_assets.definitions import build_definitions
 
-    # The simulator's newest profile is updated just before 2024-01-11; today is much later.
-    age_h = (datetime.now(UTC) - datetime(2024, 1, 11, tzinfo=UTC)).total_seconds() / 3600
-    monkeypatch.setenv("OMNILOAD_FRESHNESS_HOURS", f"48,profiles={age_h + 24:.0f}")
+    monkeypatch.setenv("OMNILOAD_FRESHNESS_HOURS", "48,metrics=720")
     defs = build_definitions()
-    fresh = evaluations(materialize(defs, instance, "profiles"))[("profiles", FRESHNESS)]
-    assert fresh.passed
-    assert fresh.metadata["column"].value == "updated"
-    assert fresh.metadata["newest"].value.startswith("2024-01-10T23:59")
 
-    monkeypatch.setenv("OMNILOAD_FRESHNESS_HOURS", f"{age_h - 24:.0f}")
-    stale = evaluations(run_checks(build_definitions(), instance, "profiles"))[("profiles", FRESHNESS)]
-    assert not stale.passed
-    assert stale.severity == dg.AssetCheckSeverity.WARN
-    assert stale.metadata["age_hours"].value > stale.metadata["max_age_hours"].value
+    def policy(table: str) -> dg.FreshnessPolicy | None:
+        key = asset_key(get_table(table))
+        return defs.get_assets_def(key).specs_by_key[key].freshness_policy
+
+    assert policy("events") == dg.FreshnessPolicy.time_window(fail_window=timedelta(hours=48))
+    assert policy("metrics") == dg.FreshnessPolicy.time_window(fail_window=timedelta(hours=720))
+    assert policy("list-profiles") == dg.FreshnessPolicy.time_window(fail_window=timedelta(hours=48))
+    # The policy replaced the hand-made check of the same name.
+    assert "freshness" not in {k.name for k in defs.resolve_asset_graph().asset_check_keys}
 
 
 def test_freshness_setting_parses_per_table_overrides(monkeypatch: pytest.MonkeyPatch) -> None:

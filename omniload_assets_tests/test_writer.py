@@ -17,6 +17,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from omniload_assets.klaviyo.windows import TimeWindow
 from omniload_assets.warehouse.connection import (
     DuckDBLockedError,
     DuckDBPathError,
@@ -29,6 +30,8 @@ from omniload_assets.warehouse.reads import qualified_name
 from omniload_assets.warehouse.writer import (
     TableOwnerError,
     WriteResult,
+    append_rows,
+    delete_insert,
     merge_into,
     replace_table,
     table_refusal,
@@ -829,3 +832,200 @@ def test_table_refusal_checks_a_table_before_a_run_like_the_write_does(conn, sta
     )
     conn.execute(f"CREATE TABLE {SCHEMA}.{SCHEMA}.orders (order_no INTEGER)")
     assert "has no id column" in (table_refusal(conn, SCHEMA, "orders", "events", "id") or "")
+
+
+# -- append and delete+insert (the run config's incremental_strategy), keys and columns -----------
+
+
+def append(conn: duckdb.DuckDBPyConnection, files: list[Path], run_id: str = "run", **kw: Any) -> WriteResult:
+    args: dict[str, Any] = {"primary_key": "id", "incremental_key": "updated", "column_types": TYPES}
+    args.update(kw)
+    return append_rows(conn, schema=SCHEMA, table=TABLE, files=files, run_id=run_id, **args)
+
+
+def delete_insert_(
+    conn: duckdb.DuckDBPyConnection, files: list[Path], window: TimeWindow | None, **kw: Any
+) -> WriteResult:
+    args: dict[str, Any] = {"primary_key": "id", "incremental_key": "updated", "column_types": TYPES}
+    args.update(kw)
+    return delete_insert(conn, schema=SCHEMA, table=TABLE, files=files, window=window, run_id="run", **args)
+
+
+def all_rows(conn: duckdb.DuckDBPyConnection, *cols: str) -> list[tuple]:
+    """Every row (duplicates kept), sorted."""
+    select = ", ".join(f'"{c}"' for c in ("id", *cols))
+    return sorted(conn.execute(f"SELECT {select} FROM {FQ}").fetchall(), key=repr)
+
+
+def days(first: int, last: int) -> TimeWindow:
+    """``[first, last)`` as days of January 2024."""
+    return TimeWindow(ts(first), ts(last))
+
+
+def three_days(conn: duckdb.DuckDBPyConnection, stage: Stager) -> None:
+    """a on day 1, b and c on day 2, d on day 3, merged."""
+    stored = [("a", 1), ("b", 2), ("c", 2), ("d", 3)]
+    merge(
+        conn, [stage([{"id": i, "updated": ts(d), "n": 0} for i, d in stored])], run_id="r0", source="events"
+    )
+
+
+def test_append_inserts_every_staged_row_duplicates_included(conn, stage):
+    merge(conn, [stage([{"id": "a", "updated": ts(1), "n": 1}])], run_id="r1")
+    batch = stage(
+        [
+            {"id": "a", "updated": ts(2), "n": 2},
+            {"id": "a", "updated": ts(2), "n": 3},
+            {"id": "b", "updated": ts(1), "n": 4, "extra": "x"},
+        ]
+    )
+    result = append(conn, [batch], run_id="r2")
+    assert (result.rows_written, result.inserted, result.updated, result.table_rows) == (3, 3, 0, 4)
+    assert result.columns_added == ["extra"]
+    assert all_rows(conn, "n", "_run_id") == [
+        ("a", 1, "r1"),
+        ("a", 2, "r2"),
+        ("a", 3, "r2"),
+        ("b", 4, "r2"),
+    ]
+    # Appended to a merge table: its deletion mark is kept, NULL on the new rows.
+    assert conn.execute(f"SELECT count(*) FROM {FQ} WHERE _deleted_at IS NULL").fetchone() == (4,)
+
+
+def test_append_to_a_new_table_creates_it_without_a_deletion_mark_unless_asked(conn, stage):
+    append(conn, [stage([{"id": "a", "updated": ts(1)}])])
+    assert "_deleted_at" not in dict(columns(conn))
+    conn.execute(f"DROP TABLE {FQ}")
+    append(conn, [stage([{"id": "a", "updated": ts(1)}])], track_deletions=True)
+    assert dict(columns(conn))["_deleted_at"] == "TIMESTAMP WITH TIME ZONE"
+
+
+def test_append_with_clear_rebuilds_the_window_and_leaves_other_days(conn, stage):
+    three_days(conn, stage)
+    result = append(conn, [stage([{"id": "b", "updated": ts(2), "n": 9}])], clear=days(2, 3))
+    assert (result.deleted, result.inserted, result.table_rows) == (2, 1, 3)
+    assert rows(conn, "n", "_run_id") == {"a": (0, "r0"), "b": (9, "run"), "d": (0, "r0")}
+
+
+def test_delete_insert_replaces_the_window_and_the_rows_of_staged_keys(conn, stage):
+    three_days(conn, stage)
+    # a moved into day 2 (its day-1 row goes too: no key twice); c was deleted upstream.
+    staged = stage([{"id": "a", "updated": ts(2), "n": 7}, {"id": "b", "updated": ts(2), "n": 8}])
+    result = delete_insert_(conn, [staged], days(2, 3))
+    assert (result.rows_written, result.inserted, result.updated) == (2, 0, 2)
+    assert (result.deleted, result.table_rows) == (3, 3)
+    assert all_rows(conn, "n") == [("a", 7), ("b", 8), ("d", 0)]
+
+
+def test_delete_insert_deduplicates_the_batch_newest_first(conn, stage):
+    staged = stage(
+        [
+            {"id": "a", "updated": ts(2), "n": 1},
+            {"id": "a", "updated": ts(2), "n": 2},  # tie: the later row wins
+            {"id": "b", "updated": ts(2), "n": 3},
+        ]
+    )
+    result = delete_insert_(conn, [staged], days(2, 3))
+    assert (result.rows_written, result.inserted, result.table_rows) == (2, 2, 2)
+    assert all_rows(conn, "n") == [("a", 2), ("b", 3)]
+
+
+def test_delete_insert_without_a_window_or_incremental_key_replaces_the_table(conn, stage):
+    three_days(conn, stage)
+    result = delete_insert_(conn, [stage([{"id": "z", "updated": ts(5), "n": 1}])], None)
+    assert result.table_rows == 1 and rows(conn, "n") == {"z": (1,)}
+    result = delete_insert_(conn, [stage([{"id": "y", "n": 2}])], days(1, 2), incremental_key=None)
+    assert result.table_rows == 1 and rows(conn, "n") == {"y": (2,)}
+
+
+def test_merge_with_clear_drops_the_rows_of_the_window_gone_upstream(conn, stage):
+    three_days(conn, stage)
+    result = merge(conn, [stage([{"id": "b", "updated": ts(2), "n": 5}])], clear=days(2, 3))
+    assert (result.deleted, result.inserted, result.table_rows) == (2, 1, 3)
+    assert rows(conn, "n") == {"a": (0,), "b": (5,), "d": (0,)}
+
+
+def test_composite_keys_deduplicate_and_match_null_parts_as_equal(conn, stage):
+    first = stage(
+        [
+            {"id": "a", "note": "x", "updated": ts(1), "n": 1},
+            {"id": "a", "note": "y", "updated": ts(1), "n": 2},
+            {"id": "a", "note": None, "updated": ts(1), "n": 3},
+            {"id": "a", "note": None, "updated": ts(1), "n": 4},  # same key as the row before
+        ]
+    )
+    result = merge(conn, [first], keys=["id", "note"])
+    assert (result.inserted, result.table_rows) == (3, 3)
+    result = merge(conn, [stage([{"id": "a", "note": None, "updated": ts(2), "n": 5}])], keys=["id", "note"])
+    assert (result.inserted, result.updated, result.table_rows) == (0, 1, 3)
+    assert all_rows(conn, "note", "n") == [("a", "x", 1), ("a", "y", 2), ("a", None, 5)]
+    staged = stage([{"id": "a", "note": "x", "updated": ts(3), "n": 6}])
+    result = delete_insert_(conn, [staged], days(3, 4), keys=["id", "note"])
+    assert result.deleted == 1
+    assert all_rows(conn, "note", "n") == [("a", "x", 6), ("a", "y", 2), ("a", None, 5)]
+
+
+def test_replace_by_composite_keys_or_without_deduplication(conn, stage):
+    batch = [
+        {"id": "a", "note": "x", "updated": ts(1), "n": 1},
+        {"id": "a", "note": "x", "updated": ts(2), "n": 2},
+        {"id": "a", "note": "y", "updated": ts(1), "n": 3},
+    ]
+    common: dict[str, Any] = {"schema": SCHEMA, "table": TABLE, "primary_key": "id", "column_types": TYPES}
+    result = replace_table(
+        conn, files=[stage(batch)], keys=["id", "note"], incremental_key="updated", **common
+    )
+    assert result.table_rows == 2
+    assert all_rows(conn, "note", "n") == [("a", "x", 2), ("a", "y", 3)]
+    result = replace_table(conn, files=[stage(batch)], deduplicate=False, **common)
+    assert result.table_rows == 3
+
+
+def test_a_key_that_is_no_column_is_refused(conn, stage):
+    with pytest.raises(ValueError, match="primary key 'nope' is not a column"):
+        merge(conn, [stage([{"id": "a", "updated": ts(1)}])], keys=["nope"])
+    assert tables(conn) == []
+
+
+def test_columns_write_only_those_and_the_keys(conn, stage):
+    batch = stage([{"id": "a", "updated": ts(1), "n": 1, "props": '{"k": 1}', "note": "x", "extra": "e"}])
+    merge(conn, [batch], columns=["n"])
+    assert [c for c, _ in columns(conn)] == ["id", "updated", "n", "_loaded_at", "_run_id", "_deleted_at"]
+    # On a table that has more columns, the rows written hold NULL in the others.
+    conn.execute(f"DROP TABLE {FQ}")
+    merge(conn, [batch])
+    newer = stage([{"id": "a", "updated": ts(2), "n": 2, "note": "y"}])
+    append(conn, [newer], columns=["note"])
+    assert all_rows(conn, "n", "note") == [("a", 1, "x"), ("a", None, "y")]
+
+
+@pytest.mark.parametrize("write", ["append", "delete+insert"])
+def test_a_failed_append_or_delete_insert_leaves_the_table_as_it_was(conn, stage, write):
+    three_days(conn, stage)
+    before = snapshot(conn)
+    good = stage([{"id": "b", "updated": ts(2), "n": 5}])
+    broken = stage(
+        [{"id": f"x{i}", "updated": ts(2), "note": f"v{i}" * 20, "added": "y"} for i in range(500)]
+    )
+    corrupt_column(broken, "note")
+
+    def run(files: list[Path], **kw: Any) -> WriteResult:
+        if write == "append":
+            return append(conn, files, clear=days(2, 3), **kw)
+        return delete_insert_(conn, files, days(2, 3), **kw)
+
+    with pytest.raises(duckdb.Error):
+        run([good, broken])
+    assert snapshot(conn) == before
+
+    def fail(_: duckdb.DuckDBPyConnection) -> None:
+        raise RuntimeError("the closing hook failed")
+
+    with pytest.raises(RuntimeError, match="closing hook"):
+        run([good], also=fail)
+    assert snapshot(conn) == before
+    seen: list[int] = []
+    run([good], also=lambda c: seen.append(c.execute(f"SELECT count(*) FROM {FQ}").fetchone()[0]))
+    assert seen == [3]  # the hook ran in the write's transaction, after the rows
+    with pytest.raises(TableOwnerError):
+        run([good], source="profiles")

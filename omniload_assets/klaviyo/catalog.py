@@ -16,7 +16,7 @@ ENDPOINTS.md does not cover.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal
 from urllib.parse import quote
 
@@ -222,7 +222,8 @@ TABLES: tuple[TableSpec, ...] = (
             "properties": "JSON",
             "subscriptions": "JSON",
         },
-        # predictive_analytics is left out: asking for it drops the endpoint to 10/s, 150/m.
+        # predictive_analytics is an opt-in (effective_spec): asking for it drops the endpoint to
+        # 10/s, 150/m.
         params={"additional-fields[profile]": "subscriptions"},
     ),
     TableSpec(
@@ -516,6 +517,46 @@ def get_table(name: str) -> TableSpec:
         valid = ", ".join(TABLES_BY_NAME)
         raise KeyError(f"unknown Klaviyo table {name!r}; valid tables: {valid}")
     return spec
+
+
+#: Profiles' predictive analytics (CLV, order counts, churn, next order date), an opt-in: asking
+#: for them lowers Get Profiles' limits from 75/s, 750/m to 10/s, 150/m (Klaviyo's OpenAPI document
+#: of revision 2026-07-15, ``get_profiles``; ENDPOINTS.md).
+PREDICTIVE_ANALYTICS = "predictive_analytics"
+PREDICTIVE_RATE_LIMIT = RateLimit("M", 10, 150)
+
+
+def with_additional_field(spec: TableSpec, name: str, duck_type: str, rate_limit: RateLimit) -> TableSpec:
+    """``spec`` asking for the additional field ``name`` too: ``additional-fields[<type>]`` gains
+    it, the table a column of ``duck_type``, and requests pace at ``rate_limit``."""
+    key = f"additional-fields[{spec.resource_type}]"
+    asked = [f for f in spec.params.get(key, "").split(",") if f]
+    if name in asked and name in spec.columns and spec.rate_limit == rate_limit:
+        return spec
+    return replace(
+        spec,
+        params={**spec.params, key: ",".join([*(f for f in asked if f != name), name])},
+        columns={**spec.columns, name: duck_type},
+        rate_limit=rate_limit,
+    )
+
+
+_PROFILES = TABLES_BY_NAME["profiles"]
+_PREDICTIVE_PROFILES = with_additional_field(_PROFILES, PREDICTIVE_ANALYTICS, "JSON", PREDICTIVE_RATE_LIMIT)
+
+
+def effective_spec(spec: TableSpec, predictive_analytics: bool = False) -> TableSpec:
+    """The entry a run reads ``spec`` with: with ``predictive_analytics``, profiles also ask for
+    their predictive analytics (a JSON column ``predictive_analytics``) at the endpoint's slower
+    limits; every other table, or the option off, is ``spec`` unchanged.
+
+    The catalogue's own profiles entry always gives the same object (the page decoder's structs
+    are made once per entry)."""
+    if not predictive_analytics or spec.name != _PROFILES.name:
+        return spec
+    if spec == _PROFILES:
+        return _PREDICTIVE_PROFILES
+    return with_additional_field(spec, PREDICTIVE_ANALYTICS, "JSON", PREDICTIVE_RATE_LIMIT)
 
 
 def check_catalogue(tables: tuple[TableSpec, ...] = TABLES) -> None:

@@ -138,13 +138,14 @@ class SlidingWindowLimiter:
             waited += delay
 
 
-_registry: dict[tuple[str, str], SlidingWindowLimiter] = {}
+_registry: dict[tuple[str, str, RateLimit], SlidingWindowLimiter] = {}
 _registry_lock = threading.Lock()
 
 
 def limiter_for(account: str, path: str, limit: RateLimit) -> SlidingWindowLimiter:
-    """The process-wide limiter of one endpoint of one account, shared by every client."""
-    key = (account, path)
+    """The process-wide limiter of one endpoint of one account at one limit, shared by every client
+    (profiles with predictive analytics have their own, lower limit)."""
+    key = (account, path, limit)
     with _registry_lock:
         limiter = _registry.get(key)
         if limiter is None:

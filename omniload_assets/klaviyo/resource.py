@@ -9,6 +9,7 @@ from typing import Any, TypeVar
 import dagster as dg
 from pydantic import BaseModel, Field, field_validator
 
+from omniload_assets.klaviyo.catalog import TableSpec, effective_spec
 from omniload_assets.klaviyo.client import (
     DEFAULT_BASE_URL,
     DEFAULT_REVISION,
@@ -75,6 +76,12 @@ class KlaviyoResource(dg.ConfigurableResource):
         ge=0,
         description="First pause before retrying a failed request; doubles per retry, at most 30 s.",
     )
+    predictive_analytics: bool = Field(
+        default=False,
+        description="Also load profiles' predictive analytics (CLV, expected orders, churn "
+        "probability, next order date) into the JSON column profiles.predictive_analytics. Klaviyo "
+        "then limits Get Profiles to 10/s, 150/m instead of 75/s, 750/m, and runs pace to that.",
+    )
 
     @field_validator("base_url", mode="before")
     @classmethod
@@ -88,6 +95,11 @@ class KlaviyoResource(dg.ConfigurableResource):
     def model_copy(self, *, update: Mapping[str, Any] | None = None, deep: bool = False) -> KlaviyoResource:
         """A copy with ``update`` applied, validated, and seen by Dagster (:func:`with_fields`)."""
         return with_fields(self, **(update or {}))
+
+    def table_spec(self, spec: TableSpec) -> TableSpec:
+        """The catalogue entry as this account's runs read it: :func:`effective_spec` with the
+        resource's options (profiles with predictive analytics when asked for)."""
+        return effective_spec(spec, self.predictive_analytics)
 
     @contextmanager
     def get_client(self) -> Iterator[KlaviyoClient]:

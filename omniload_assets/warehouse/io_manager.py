@@ -1,4 +1,5 @@
-"""The DuckDB IO manager: merges or replaces each staged Klaviyo table in one transaction.
+"""The DuckDB IO manager: writes each staged Klaviyo table in one transaction (merge, replace,
+append or delete+insert, as the table or the run config says).
 
 A plain configurable IO manager. Not dagster-duckdb's ``DuckDBIOManager``: every write here is ours
 (its delete-then-insert is not one transaction, rejects new columns and keeps duplicate ids), so
@@ -24,11 +25,19 @@ from omniload_assets.klaviyo.catalog import TableSpec, get_table
 from omniload_assets.klaviyo.windows import TimeWindow
 from omniload_assets.warehouse import checkpoints
 from omniload_assets.warehouse.connection import DEFAULT_LOCK_TIMEOUT_S, check_writable, open_database
-from omniload_assets.warehouse.reads import WarehouseReader, qualified_name, quote_ident, table_name_of
+from omniload_assets.warehouse.reads import (
+    WarehouseReader,
+    qualified_name,
+    quote_ident,
+    table_columns,
+    table_name_of,
+)
 from omniload_assets.warehouse.staging import StagedTable
 from omniload_assets.warehouse.writer import (
     WriteResult,
+    append_rows,
     check_name,
+    delete_insert,
     merge_into,
     replace_table,
     show_name,
@@ -50,7 +59,9 @@ class KlaviyoDuckDBIOManager(dg.ConfigurableIOManager):
 
     Partitioned tables are upserted by primary key, never letting an older row overwrite a newer
     one, and carry ``_deleted_at`` (set by the deletion sweep, cleared by every merge of the id);
-    the others are swapped whole. Either the new rows are all there or the table is as it was.
+    the others are swapped whole. A run's config can choose another write (the
+    :class:`~omniload_assets.partitions.WindowConfig` write options, carried by the
+    :class:`StagedTable`). Either the new rows are all there or the table is as it was.
     Downstream inputs get the table (or their partition's rows) as Arrow, pandas, polars or a
     DuckDB relation.
     """
@@ -191,42 +202,72 @@ class KlaviyoDuckDBIOManager(dg.ConfigurableIOManager):
                 f"{context.asset_key.to_user_string()} must return a StagedTable, got {type(obj)}"
             )
         spec = self._spec(context)
-        run_id = context.run_id
         try:
             with self.connect_for_write() as conn:
-                if spec.strategy == "replace":
-                    result = replace_table(
-                        conn,
-                        schema=self.schema_name,
-                        table=self.table_name(spec),
-                        files=obj.files,
-                        primary_key=spec.primary_key,
-                        column_types=obj.column_types,
-                        run_id=run_id,
-                        source=spec.name,
-                    )
-                else:
-                    result = merge_into(
-                        conn,
-                        schema=self.schema_name,
-                        table=self.table_name(spec),
-                        files=obj.files,
-                        primary_key=spec.primary_key,
-                        incremental_key=spec.incremental_key,
-                        column_types=obj.column_types,
-                        run_id=run_id,
-                        source=spec.name,
-                        also=self._closing(spec, obj),
-                    )
+                self._warn_ignored_types(context, conn, spec, obj)
+                result = self._write(conn, spec, obj, context.run_id)
                 preview = self._preview(conn, spec)
         finally:
             obj.cleanup()
         context.add_output_metadata(self._metadata(spec, obj, result, preview))
 
+    def _write(
+        self, conn: duckdb.DuckDBPyConnection, spec: TableSpec, obj: StagedTable, run_id: str
+    ) -> WriteResult:
+        """The write the staged table asks for (its ``strategy``, else the table's own)."""
+        strategy = obj.strategy or spec.strategy
+        common: dict[str, Any] = {
+            "schema": self.schema_name,
+            "table": self.table_name(spec),
+            "files": obj.files,
+            "primary_key": spec.primary_key,
+            "incremental_key": spec.incremental_key,
+            "column_types": {**obj.column_types, **obj.column_hints},
+            "run_id": run_id,
+            "source": spec.name,
+            "columns": obj.columns,
+        }
+        keys = obj.primary_key
+        track = spec.strategy == "merge"  # the table carries the deletion sweep's mark
+        closing = self._closing(spec, obj)
+        also = closing if obj.requested is not None else None
+        # full_refresh in a window: its rows are deleted first, in the same transaction.
+        clear = obj.window if obj.full_refresh and spec.incremental_key else None
+        if strategy == "merge":
+            return merge_into(conn, **common, keys=keys, clear=clear, also=closing)
+        if strategy == "append" and (clear is not None or not obj.full_refresh):
+            return append_rows(conn, **common, clear=clear, track_deletions=track, also=also)
+        if strategy == "delete+insert":
+            return delete_insert(
+                conn, **common, window=obj.window, keys=keys, track_deletions=track, also=also
+            )
+        # replace, or append rebuilding the whole table: every staged row, none de-duplicated
+        dedupe = strategy != "append"
+        return replace_table(conn, **common, keys=keys, deduplicate=dedupe, track_deletions=track, also=also)
+
+    def _warn_ignored_types(
+        self, context: dg.OutputContext, conn: duckdb.DuckDBPyConnection, spec: TableSpec, obj: StagedTable
+    ) -> None:
+        """Say which ``name:type`` column options meet a column of another type (it keeps its own)."""
+        if not obj.column_hints:
+            return
+        stored = dict(table_columns(conn, self.schema_name, self.table_name(spec)) or [])
+        for name, wanted in obj.column_hints.items():
+            row = conn.execute(f"SELECT typeof(CAST(NULL AS {wanted}))").fetchone()
+            if name in stored and row is not None and stored[name] != row[0]:
+                context.log.warning(
+                    f"{spec.name}: column {name} stays {stored[name]}, not {wanted}: an existing "
+                    "column keeps its type (full_refresh of a table rebuilt whole keeps it too)"
+                )
+
     def _preview(self, conn: Any, spec: TableSpec) -> dg.MetadataValue:
         table = qualified_name(conn, self.schema_name, self.table_name(spec))
-        order = f"{quote_ident(spec.incremental_key)} DESC NULLS LAST, " if spec.incremental_key else ""
-        cols = [spec.primary_key, *[c for c in spec.columns if spec.columns[c] != "JSON"][:5]]
+        stored = {name for name, _ in table_columns(conn, self.schema_name, self.table_name(spec)) or []}
+        order = ""
+        if spec.incremental_key and spec.incremental_key in stored:
+            order = f"{quote_ident(spec.incremental_key)} DESC NULLS LAST, "
+        shown = [c for c in spec.columns if spec.columns[c] != "JSON" and c in stored]
+        cols = [spec.primary_key, *shown[:5]]
         select = ", ".join(quote_ident(c) for c in cols)
         order += quote_ident(spec.primary_key)
         rows = conn.execute(f"SELECT {select} FROM {table} ORDER BY {order} LIMIT {PREVIEW_ROWS}").fetchall()
@@ -241,7 +282,8 @@ class KlaviyoDuckDBIOManager(dg.ConfigurableIOManager):
         meta: dict[str, Any] = {
             "dagster/row_count": result.table_rows,
             "dagster/table_name": f"{self.schema_name}.{self.table_name(spec)}",
-            "strategy": spec.strategy,
+            "strategy": staged.strategy or spec.strategy,
+            "full_refresh": staged.full_refresh,
             "rows_written": result.rows_written,
             "rows_inserted": result.inserted,
             "rows_updated": result.updated,
@@ -268,6 +310,12 @@ class KlaviyoDuckDBIOManager(dg.ConfigurableIOManager):
             # Rows the deletion sweep had marked gone that this write brought back, and those still marked.
             meta["rows_restored"] = result.restored
             meta["rows_marked_deleted"] = result.marked_deleted
+        if result.deleted:
+            meta["rows_deleted"] = result.deleted  # a window rebuilt, or keys written again
+        if staged.primary_key is not None:
+            meta["primary_key"] = ", ".join(staged.primary_key)
+        if staged.columns is not None:
+            meta["columns_written"] = ", ".join(staged.columns)
         meta.update(staged.metadata)
         if staged.window is not None:
             meta["window_start"] = staged.window.start.isoformat()

@@ -226,6 +226,16 @@ class StagedTable:
     requested: TimeWindow | None = None
     #: More metadata for the materialization (how a run resumed and checkpointed).
     metadata: dict[str, Any] = field(default_factory=dict)
+    #: The write the run config chose (merge, replace, append, delete+insert); None: the table's own.
+    strategy: str | None = None
+    #: Rebuild the table (no window) or the window's rows instead of adding to them.
+    full_refresh: bool = False
+    #: The key(s) to de-duplicate by; None: the table's own.
+    primary_key: list[str] | None = None
+    #: The only columns to write (keys included); None: all.
+    columns: list[str] | None = None
+    #: DuckDB types for columns the write creates (the run config's ``columns: [name:type]``).
+    column_hints: dict[str, str] = field(default_factory=dict)
 
     @property
     def rows(self) -> int:

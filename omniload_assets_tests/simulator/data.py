@@ -35,6 +35,8 @@ DEFAULT_COUNTS: dict[str, int] = {
     "templates": 22,
 }
 CHANNELS = ("email", "sms", "mobile_push")
+#: The channels of a profile's ``predictive_analytics.ranked_channel_affinity`` (its OpenAPI enum).
+AFFINITY_CHANNELS = ("email", "sms", "push", "whatsapp")
 
 Record = dict[str, Any]
 
@@ -267,6 +269,11 @@ class Factory:
             "subscriptions": subscriptions,
             "predictive_analytics": predictive,
         }
+        # Drawn last, so every other value stays what earlier versions of the simulator served.
+        channels = AFFINITY_CHANNELS
+        predictive["ranked_channel_affinity"] = d.sample(channels, 1 + d.below(len(channels)))
+        if not orders:  # Klaviyo predicts nothing for a profile that never ordered: all null
+            attributes["predictive_analytics"] = dict.fromkeys(predictive)
         record = {
             "type": "profile",
             "id": pid,
