@@ -252,9 +252,8 @@ def build_change_sensor(
             "high-water mark, and requests runs for just the changed partitions."
         ),
     )
-    # ``**_resources``: calling the sensor directly (``sensor(context)``) passes the required
-    # resources as keywords too; they are read from the context either way.
     def _sensor(context: dg.SensorEvaluationContext, **_resources: object) -> dg.SensorResult:
+        # Called directly (``sensor(context)``), Dagster also passes the resources as keywords.
         now = clock()
         klaviyo: KlaviyoResource = getattr(context.resources, klaviyo_key)
         warehouse: KlaviyoDuckDBIOManager = getattr(context.resources, io_key)

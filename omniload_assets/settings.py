@@ -31,12 +31,15 @@ ENV_VARS: dict[str, tuple[str | None, str]] = {
     "OMNILOAD_LOOKBACK_DAYS": ("3", "days before today the incremental schedule re-materializes"),
     "OMNILOAD_REPLACE_CRON": ("0 3 * * *", "cron (UTC) of the replace tables' refresh: daily"),
     "OMNILOAD_SENSOR_INTERVAL": ("300", "seconds between the change sensor's ticks"),
-    "OMNILOAD_FRESHNESS_HOURS": ("48", "freshness check's max age, hours; per table: 48,metrics=720"),
+    "OMNILOAD_FRESHNESS_HOURS": (
+        "48",
+        "freshness policy: hours since the last load; per table: 48,metrics=720",
+    ),
     "OMNILOAD_EXECUTOR": (
         "in_process",
         "how a run's steps execute: in_process (one process, tables one after another) or multiprocess",
     ),
-    "OMNILOAD_ASSET_OWNERS": (None, "owners of the 15 assets, comma-separated: team:data,me@example.com"),
+    "OMNILOAD_ASSET_OWNERS": (None, "owners of the assets, comma-separated: team:data,me@example.com"),
     "OMNILOAD_SWEEP_TABLES": (
         None,
         "tables the deletion sweep lists: names (a,b) or all; unset: every merge table but events",

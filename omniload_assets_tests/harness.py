@@ -231,8 +231,8 @@ def _pause_inside_write() -> None:
     from omniload_assets.warehouse import writer
 
     def pausing(original: Any) -> Any:
-        def body(self: Any, run_id: str | None) -> Any:
-            result = original(self, run_id)
+        def body(self: Any, run_id: str | None, *args: Any, **kwargs: Any) -> Any:
+            result = original(self, run_id, *args, **kwargs)
             print(IN_WRITE, flush=True)
             threading.Event().wait()  # until killed
             return result

@@ -14,7 +14,8 @@ import duckdb
 import pytest
 
 from omniload_assets.assets import asset_key
-from omniload_assets.cli import REFUSED_FLAGS, build_parser, main, plan_ingest
+from omniload_assets.cli import build_parser, main, plan_ingest
+from omniload_assets.ingestr_flags import REFUSED_FLAGS
 from omniload_assets.klaviyo.catalog import get_table
 from omniload_assets.runner import plan_runs, window_run_config
 from omniload_assets.warehouse.reads import qualified_name

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from omniload_assets.klaviyo.catalog import TABLES
+from omniload_assets.klaviyo.catalog import get_table
 from omniload_assets_tests.conftest import SIM_END, SIM_START, assert_tables_match_simulator, table_ids
 
 DAGSTER = str(Path(sys.executable).with_name("dagster"))
@@ -92,12 +92,15 @@ def test_runs_are_in_process_unless_the_environment_says_multiprocess(
     assert set(table_ids(db_path, "tags")) == simulator.ids("tags")
 
 
-def test_multiprocess_executor_writes_all_tables_to_one_file(cli_env, simulator, db_path, tmp_path) -> None:
-    """Fifteen step processes write one DuckDB file at once: lock waits, no lock errors, all complete."""
+def test_multiprocess_executor_steps_write_one_file_at_once(cli_env, simulator, db_path, tmp_path) -> None:
+    """Step processes write one DuckDB file at once: lock waits, no lock errors, all complete. Five
+    tables, merged and replaced (every step process re-imports the code location, ~2 s of CPU)."""
     config = tmp_path / "run_config.yaml"
     config.write_text(MULTIPROCESS_CONFIG)
-    args = ["asset", "materialize", "-m", "omniload_assets", "--select", "group:klaviyo", "-c", str(config)]
+    listing = [get_table(name) for name in ("events", "profiles", "campaigns", "tags", "coupons")]
+    select = ",".join(f"klaviyo/{t.asset_name}" for t in listing)
+    args = ["asset", "materialize", "-m", "omniload_assets", "--select", select, "-c", str(config)]
     result = dagster(cli_env, *args, "--partition-range", "2024-01-01...2024-01-10", cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "multiprocess" in result.stderr
-    assert_tables_match_simulator(db_path, simulator, TABLES)
+    assert_tables_match_simulator(db_path, simulator, listing)
