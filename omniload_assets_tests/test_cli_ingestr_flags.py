@@ -1,15 +1,21 @@
-"""``omniload ingest`` takes ``ingestr ingest``'s flags: parsed and checked in process, and run as the
-installed console script against the simulator."""
+"""``omniload ingest`` takes ``ingestr ingest``'s flags: parsed and checked, and run against the
+simulator, in process (``cli.main``); a dry run and a --full-refresh load go through the installed
+console script end to end."""
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
+import shutil
 import subprocess
+import warnings
 from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
+import dagster as dg
 import duckdb
 import pytest
 
@@ -221,29 +227,82 @@ def test_write_options_reach_every_asset_in_either_run(defs) -> None:
     assert single[2] == {"loggers": {}, "ops": {events: {"config": window}}}
 
 
-# -- runs of the installed command against the simulator ------------------------------------------
+# -- runs against the simulator: in process, and twice as the installed console script ------------
+
+#: The variables a run reads or (``cli.set_environment``) writes: cleared before each run, as for a
+#: subprocess started with a clean environment.
+OWN_VARIABLES = ("OMNILOAD_", "KLAVIYO_", "DAGSTER_")
+PACKAGE_LOGGER = logging.getLogger("omniload_assets")
+Run = Callable[..., subprocess.CompletedProcess[str]]
+
+
+@contextlib.contextmanager
+def restored_environ() -> Iterator[None]:
+    """``os.environ`` exactly as it was on entry, once the block ends (however it ends)."""
+    saved = dict(os.environ)
+    try:
+        yield
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
 
 
 @pytest.fixture
-def run(tmp_path: Path, simulator):
-    """``omniload ingest`` with the simulator's key and URL, into ``tmp_path/k.duckdb``."""
+def sim_environ(simulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """No OMNILOAD_*/KLAVIYO_*/DAGSTER_* but the simulator's key and URL and a staging directory in
+    ``tmp_path`` (the working directory); on exit ``os.environ``, the package logger's level and the
+    warning filters (``ingest`` sets both) are as they were."""
+    monkeypatch.chdir(tmp_path)
+    level = PACKAGE_LOGGER.level
+    with restored_environ(), warnings.catch_warnings():
+        for name in [name for name in os.environ if name.startswith(OWN_VARIABLES)]:
+            del os.environ[name]
+        os.environ["OMNILOAD_STAGING_DIR"] = str(tmp_path / "staging")
+        os.environ["KLAVIYO_API_KEY"] = simulator.api_key
+        os.environ["KLAVIYO_BASE_URL"] = simulator.base_url
+        try:
+            yield
+        finally:
+            PACKAGE_LOGGER.setLevel(level)
+
+
+def ingest_argv(database: Path, args: Sequence[str]) -> list[str]:
+    return ["ingest", "--dest-uri", str(database), "--progress", "off", *args]
+
+
+@pytest.fixture
+def run(sim_environ, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Run:
+    """``omniload ingest`` in this process (``cli.main``), into ``database`` (``tmp_path/k.duckdb``),
+    with ``env`` set for the call only: each call starts from the environment a subprocess gets."""
+
+    def _run(
+        *args: str, env: dict[str, str] | None = None, database: Path | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        argv = ingest_argv(database or tmp_path / "k.duckdb", args)
+        handlers = list(PACKAGE_LOGGER.handlers)
+        capsys.readouterr()
+        with restored_environ():
+            os.environ.update(env or {})
+            try:
+                status = main(argv)
+            except SystemExit as exit_:  # argparse: a usage error
+                status = exit_.code
+        assert PACKAGE_LOGGER.handlers == handlers  # ingest removes the display handler it adds
+        out, err = capsys.readouterr()
+        return subprocess.CompletedProcess(argv, status, out, err)
+
+    return _run
+
+
+@pytest.fixture
+def run_installed(sim_environ, tmp_path: Path) -> Run:
+    """The installed ``omniload ingest`` in a subprocess, with the environment ``run`` gives a call."""
 
     def _run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-        clean = {
-            k: v for k, v in os.environ.items() if not k.startswith(("OMNILOAD_", "KLAVIYO_", "DAGSTER_"))
-        }
-        clean.update(
-            {
-                "OMNILOAD_STAGING_DIR": str(tmp_path / "staging"),
-                "KLAVIYO_API_KEY": simulator.api_key,
-                "KLAVIYO_BASE_URL": simulator.base_url,
-                **(env or {}),
-            }
-        )
         return subprocess.run(
-            [str(OMNILOAD), "ingest", "--dest-uri", str(tmp_path / "k.duckdb"), "--progress", "off", *args],
+            [str(OMNILOAD), *ingest_argv(tmp_path / "k.duckdb", args)],
             cwd=tmp_path,
-            env=clean,
+            env={**os.environ, **(env or {})},
             capture_output=True,
             text=True,
             timeout=180,
@@ -272,8 +331,14 @@ def plant_events(database: Path) -> None:
         )
 
 
-def test_dry_run_prints_the_plan_without_a_request(run, simulator, tmp_path) -> None:
-    result = run(
+def runs_in(home: Path) -> int:
+    """How many runs the Dagster instance in ``home`` (a $DAGSTER_HOME) holds."""
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        return len(instance.get_run_records())
+
+
+def test_the_installed_command_prints_a_dry_run_without_a_request(run_installed, simulator, tmp_path) -> None:
+    result = run_installed(
         "--source-table",
         "events,tags",
         "--dry-run",
@@ -297,17 +362,15 @@ def test_dry_run_prints_the_plan_without_a_request(run, simulator, tmp_path) -> 
     )
 
 
-def test_yes_is_accepted_and_pipelines_dir_is_where_the_run_stages(run, simulator, tmp_path) -> None:
+def test_yes_pipelines_dir_and_page_size(run, simulator, tmp_path) -> None:
+    # --yes is accepted, and --pipelines-dir is where the run stages.
     result = run("--source-table", "tags", "--yes", "--pipelines-dir", str(tmp_path / "pipes"))
     assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("omniload: loaded tags into klaviyo.tags")
     assert set(ids_in(tmp_path / "k.duckdb", "klaviyo", "tags")) == simulator.ids("tags")
     assert (tmp_path / "pipes").is_dir() and not (tmp_path / "staging").exists()
-
-
-def test_page_size_sets_the_records_per_request(run, simulator, tmp_path) -> None:
-    result = run("--source-table", "tags")
-    assert result.returncode == 0, result.stderr
     assert simulator.stats.pages == 1  # 25 tags, pages of 50
+    # --page-size sets the records per request.
     simulator.reset_stats()
     result = run("--source-table", "tags", "--page-size", "5")
     assert result.returncode == 0, result.stderr
@@ -317,7 +380,9 @@ def test_page_size_sets_the_records_per_request(run, simulator, tmp_path) -> Non
 
 
 @pytest.mark.parametrize("instance", ["ephemeral", "dagster_home"])
-def test_full_refresh_makes_the_table_this_runs_rows(run, simulator, tmp_path, instance) -> None:
+def test_full_refresh_makes_the_table_this_runs_rows(
+    run, run_installed, simulator, tmp_path, instance
+) -> None:
     env = {}
     if instance == "dagster_home":
         (tmp_path / "home").mkdir()
@@ -325,10 +390,15 @@ def test_full_refresh_makes_the_table_this_runs_rows(run, simulator, tmp_path, i
     database = tmp_path / "k.duckdb"
     assert run("--source-table", "events", *interval("2024-01-02", "2024-01-06"), env=env).returncode == 0
     plant_events(database)
-    result = run("--source-table", "events", "--full-refresh", *interval("2024-01-03", "2024-01-05"), env=env)
+    # The ephemeral run is the installed console script's, end to end: it takes the flag.
+    refresh = run_installed if instance == "ephemeral" else run
+    days = interval("2024-01-03", "2024-01-05")
+    result = refresh("--source-table", "events", "--full-refresh", *days, env=env)
     assert result.returncode == 0, result.stderr
     ids = ids_in(database, "klaviyo", "events")
     assert sorted(ids) == sorted(simulator.ids("events", utc(2024, 1, 3), utc(2024, 1, 5)))
+    if instance == "dagster_home":  # both commands ran on the instance in $DAGSTER_HOME
+        assert runs_in(tmp_path / "home") == 2
 
 
 STRATEGY_RESULTS = {
@@ -340,21 +410,23 @@ STRATEGY_RESULTS = {
 }
 
 
-@pytest.mark.parametrize("strategy", STRATEGY_RESULTS)
-def test_each_incremental_strategy_writes_as_ingestr_does(run, simulator, tmp_path, strategy) -> None:
-    database = tmp_path / "k.duckdb"
-    assert run("--source-table", "events", *interval("2024-01-02", "2024-01-06")).returncode == 0
-    plant_events(database)
-    result = run(
-        "--source-table", "events", "--incremental-strategy", strategy, *interval("2024-01-03", "2024-01-05")
-    )
+def test_each_incremental_strategy_writes_as_ingestr_does(run, simulator, tmp_path) -> None:
+    loaded_db = tmp_path / "loaded.duckdb"
+    result = run("--source-table", "events", *interval("2024-01-02", "2024-01-06"), database=loaded_db)
     assert result.returncode == 0, result.stderr
+    plant_events(loaded_db)
     loaded = simulator.ids("events", utc(2024, 1, 2), utc(2024, 1, 6))
     again = simulator.ids("events", utc(2024, 1, 3), utc(2024, 1, 5))
-    ids = Counter(ids_in(database, "klaviyo", "events"))
-    assert set(ids) == STRATEGY_RESULTS[strategy](loaded, again)
-    twice = {i for i, n in ids.items() if n > 1}
-    assert twice == (again if strategy == "append" else set())  # only append keeps both copies
+    for strategy, expected in STRATEGY_RESULTS.items():
+        database = tmp_path / f"{strategy}.duckdb"  # each strategy reloads its own copy
+        shutil.copyfile(loaded_db, database)
+        reload = ["--source-table", "events", "--incremental-strategy", strategy]
+        result = run(*reload, *interval("2024-01-03", "2024-01-05"), database=database)
+        assert result.returncode == 0, (strategy, result.stderr)
+        ids = Counter(ids_in(database, "klaviyo", "events"))
+        assert set(ids) == expected(loaded, again), strategy
+        twice = {i for i, n in ids.items() if n > 1}
+        assert twice == (again if strategy == "append" else set()), strategy  # only append keeps both
 
 
 @pytest.mark.parametrize("instance", ["ephemeral", "dagster_home"])
@@ -375,6 +447,8 @@ def test_a_strategy_reaches_an_unpartitioned_table(run, simulator, tmp_path, ins
         assert result.returncode == 0, result.stderr
     tags = Counter(ids_in(tmp_path / "k.duckdb", "klaviyo", "tags"))
     assert set(tags) == simulator.ids("tags") and set(tags.values()) == {2}
+    if instance == "dagster_home":  # each command ran the partitioned table, then the other
+        assert runs_in(tmp_path / "home") == 4
 
 
 def test_primary_key_merges_by_the_given_columns(run, simulator, tmp_path) -> None:
