@@ -239,11 +239,7 @@ def merge_into(
         keys=keys,
         only=columns,
     )
-    with _unordered_inserts(conn), transaction(conn):
-        result = loader.merge(run_id, clear)
-        if also is not None:
-            also(conn)
-        return result
+    return _in_one_transaction(conn, lambda: loader.merge(run_id, clear), also)
 
 
 def replace_table(
@@ -292,11 +288,7 @@ def replace_table(
         keys=keys,
         only=columns,
     )
-    with _unordered_inserts(conn), transaction(conn):
-        result = loader.replace(run_id, deduplicate=deduplicate)
-        if also is not None:
-            also(conn)
-        return result
+    return _in_one_transaction(conn, lambda: loader.replace(run_id, deduplicate=deduplicate), also)
 
 
 def append_rows(
@@ -325,11 +317,7 @@ def append_rows(
     loader = _Loader(
         conn, schema, table, files, primary_key, incremental_key, column_types, source, metadata, only=columns
     )
-    with _unordered_inserts(conn), transaction(conn):
-        result = loader.append(run_id, clear)
-        if also is not None:
-            also(conn)
-        return result
+    return _in_one_transaction(conn, lambda: loader.append(run_id, clear), also)
 
 
 def delete_insert(
@@ -385,8 +373,18 @@ def delete_insert(
         keys=keys,
         only=columns,
     )
+    return _in_one_transaction(conn, lambda: loader.delete_insert(run_id, window), also)
+
+
+def _in_one_transaction(
+    conn: duckdb.DuckDBPyConnection,
+    write: Callable[[], WriteResult],
+    also: Callable[[duckdb.DuckDBPyConnection], object] | None,
+) -> WriteResult:
+    """``write``, then ``also`` (a checkpoint's record, a range's checkpoints forgotten), in one
+    transaction with unordered inserts: every public write here goes through this."""
     with _unordered_inserts(conn), transaction(conn):
-        result = loader.delete_insert(run_id, window)
+        result = write()
         if also is not None:
             also(conn)
         return result
