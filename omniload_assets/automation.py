@@ -9,6 +9,11 @@
 * ``klaviyo_replace_schedule`` (daily by default, ``OMNILOAD_REPLACE_CRON``): the replace tables.
 * ``klaviyo_deletion_sweep_schedule`` (daily by default, ``OMNILOAD_SWEEP_CRON``): the deletion
   sweep (:mod:`omniload_assets.deletions`), one run at a time.
+* Per table (``automation.per_table``): ``schedule: false`` leaves it out of the shared schedules;
+  a ``cron`` or ``lookback_days`` of its own moves it to its own schedule,
+  ``klaviyo_<asset_name>_schedule``, whose ticks run its job with that table alone selected (the
+  same ticks as the shared schedules': in-flight skip, deferrals). Such a schedule starts RUNNING
+  with the shared schedule of its kind.
 * The change sensor lives in :mod:`omniload_assets.sensors`.
 
 A table whose endpoint is deferred in DuckDB (a daily quota exhausted, a long outage: see
@@ -37,7 +42,7 @@ from omniload_assets import settings
 from omniload_assets.assets import IO_MANAGER_KEY
 from omniload_assets.deletions import build_sweep_job
 from omniload_assets.klaviyo.catalog import TableSpec
-from omniload_assets.layout import Layout
+from omniload_assets.layout import STEM, Layout
 from omniload_assets.runner import RANGE_END_TAG, RANGE_START_TAG, partition_range_tags
 from omniload_assets.settings import DELETION_SWEEP_SCHEDULE, INCREMENTAL_SCHEDULE, REPLACE_SCHEDULE
 from omniload_assets.warehouse.checkpoints import Deferral, active_deferrals
@@ -247,10 +252,15 @@ def every_table_deferred(deferred: Mapping[str, Deferral]) -> dg.SkipReason:
 
 
 def selection(
-    specs: Sequence[TableSpec], deferred: Mapping[str, Deferral], layout: Layout | None = None
+    specs: Sequence[TableSpec],
+    deferred: Mapping[str, Deferral],
+    layout: Layout | None = None,
+    job_specs: Sequence[TableSpec] | None = None,
 ) -> list[dg.AssetKey] | None:
-    """The run's asset selection: the tables not deferred; None (the whole job) when none is."""
-    return [(layout or Layout()).key(s) for s in specs] if deferred else None
+    """The run's asset selection: the tables ``specs`` (those not deferred); None (the whole job)
+    when none is deferred and ``specs`` are all the job's tables (``job_specs``, default: ``specs``)."""
+    whole = job_specs is None or {s.name for s in specs} == {s.name for s in job_specs}
+    return [(layout or Layout()).key(s) for s in specs] if deferred or not whole else None
 
 
 def _cron(name: str, given: str | None, chosen: str | None, from_env: Callable[[], str]) -> str:
@@ -258,6 +268,14 @@ def _cron(name: str, given: str | None, chosen: str | None, from_env: Callable[[
     if given:
         return settings.parse_cron(name, given)
     return chosen or from_env()
+
+
+def _lookback(given: int | None, layout: Layout) -> int:
+    """Days of lookback: ``given``, else the layout's, else ``OMNILOAD_LOOKBACK_DAYS``."""
+    if given is not None:
+        return given
+    chosen = layout.automation.lookback_days
+    return settings.lookback_days() if chosen is None else chosen
 
 
 def _busy_skip(
@@ -271,6 +289,110 @@ def _busy_skip(
     return sorted(k.to_user_string() for k in wanted if overlaps(in_flight, k, days))
 
 
+@dataclass(frozen=True)
+class ScheduleScope:
+    """What one schedule's ticks request: its name, its tables, and the tables of its job."""
+
+    name: str
+    specs: tuple[TableSpec, ...]
+    #: A run of these (all of its job's tables) goes without an asset selection; empty: always
+    #: select (a table's own schedule).
+    job_specs: tuple[TableSpec, ...]
+    layout: Layout
+    clock: Clock = utc_now
+
+
+def incremental_tick(
+    context: dg.ScheduleEvaluationContext, scope: ScheduleScope, lookback: int, first_partition: date
+) -> dg.RunRequest | dg.SkipReason:
+    """One tick of an incremental schedule: its tables not deferred, over today and the lookback, in
+    one partition range run; skipped while a run of them over those days is in flight."""
+    layout, name = scope.layout, scope.name
+    now = context.scheduled_execution_time or scope.clock()
+    first, last = lookback_range(now, lookback, first_partition)
+    if last < first:
+        return dg.SkipReason(f"{last} is before the first partition ({first_partition})")
+    warehouse = getattr(context.resources, layout.name(IO_MANAGER_KEY))
+    runnable, deferred = runnable_tables(context, warehouse, scope.specs, now)
+    if not runnable:
+        return every_table_deferred(deferred)
+    days = day_keys(first, last)
+    busy = _busy_skip(context, [layout.key(t) for t in runnable], days, layout)
+    if busy:
+        return dg.SkipReason(f"a run of {', '.join(busy)} over {first}..{last} is still in flight")
+    return dg.RunRequest(
+        run_key=f"{name}:{first}..{last}@{now.astimezone(UTC).isoformat()}",
+        tags={**partition_range_tags(first, last), TRIGGER_TAG: name},
+        asset_selection=selection(runnable, deferred, layout, scope.job_specs),
+    )
+
+
+def replace_tick(
+    context: dg.ScheduleEvaluationContext, scope: ScheduleScope
+) -> dg.RunRequest | dg.SkipReason:
+    """One tick of a replace schedule: its tables not deferred, whole; skipped while a run of them
+    is in flight."""
+    layout, name = scope.layout, scope.name
+    now = context.scheduled_execution_time or scope.clock()
+    warehouse = getattr(context.resources, layout.name(IO_MANAGER_KEY))
+    runnable, deferred = runnable_tables(context, warehouse, scope.specs, now)
+    if not runnable:
+        return every_table_deferred(deferred)
+    busy = _busy_skip(context, [layout.key(t) for t in runnable], None, layout)
+    if busy:
+        return dg.SkipReason(f"a run of {', '.join(busy)} is still in flight")
+    return dg.RunRequest(
+        run_key=f"{name}@{now.astimezone(UTC).isoformat()}",
+        tags={TRIGGER_TAG: name},
+        asset_selection=selection(runnable, deferred, layout, scope.job_specs),
+    )
+
+
+def _incremental_schedule_def(
+    job: AssetJob, scope: ScheduleScope, cron: str, lookback: int, description: str
+) -> dg.ScheduleDefinition:
+    """A schedule of ``job`` whose ticks are :func:`incremental_tick` over ``scope``."""
+    first_partition = scope.layout.first_partition()
+
+    @dg.schedule(
+        name=scope.name,
+        cron_schedule=cron,
+        job_name=job.name,
+        execution_timezone="UTC",
+        default_status=schedule_status(INCREMENTAL_SCHEDULE, scope.layout),
+        required_resource_keys={scope.layout.name(IO_MANAGER_KEY)},
+        description=description,
+    )
+    def _schedule(
+        context: dg.ScheduleEvaluationContext, **_resources: object
+    ) -> dg.RunRequest | dg.SkipReason:
+        return incremental_tick(context, scope, lookback, first_partition)
+
+    return _schedule
+
+
+def _replace_schedule_def(
+    job: AssetJob, scope: ScheduleScope, cron: str, description: str
+) -> dg.ScheduleDefinition:
+    """A schedule of ``job`` whose ticks are :func:`replace_tick` over ``scope``."""
+
+    @dg.schedule(
+        name=scope.name,
+        cron_schedule=cron,
+        job_name=job.name,
+        execution_timezone="UTC",
+        default_status=schedule_status(REPLACE_SCHEDULE, scope.layout),
+        required_resource_keys={scope.layout.name(IO_MANAGER_KEY)},
+        description=description,
+    )
+    def _schedule(
+        context: dg.ScheduleEvaluationContext, **_resources: object
+    ) -> dg.RunRequest | dg.SkipReason:
+        return replace_tick(context, scope)
+
+    return _schedule
+
+
 def build_incremental_schedule(
     job: AssetJob,
     *,
@@ -279,52 +401,20 @@ def build_incremental_schedule(
     clock: Clock = utc_now,
     layout: Layout | None = None,
 ) -> dg.ScheduleDefinition:
-    """Today's partition plus the lookback, in one partition range run per tick."""
+    """Today's partition plus the lookback, in one partition range run per tick, over the partitioned
+    tables that have no schedule of their own and are not left out of it."""
     layout = layout or Layout()
-    chosen = layout.automation
-    cron = _cron("OMNILOAD_SCHEDULE_CRON", cron, chosen.incremental_cron, settings.schedule_cron)
-    if lookback_days is None:
-        lookback_days = settings.lookback_days() if chosen.lookback_days is None else chosen.lookback_days
-    lookback, first_partition = lookback_days, layout.first_partition()
-    specs, name, io_key = (
-        layout.incremental_tables(),
-        layout.name(INCREMENTAL_SCHEDULE),
-        layout.name(IO_MANAGER_KEY),
+    cron = _cron("OMNILOAD_SCHEDULE_CRON", cron, layout.automation.incremental_cron, settings.schedule_cron)
+    lookback = _lookback(lookback_days, layout)
+    specs = tuple(layout.shared_incremental_tables())
+    scope = ScheduleScope(
+        layout.name(INCREMENTAL_SCHEDULE), specs, tuple(layout.incremental_tables()), layout, clock
     )
-
-    @dg.schedule(
-        name=name,
-        cron_schedule=cron,
-        job_name=job.name,
-        execution_timezone="UTC",
-        default_status=schedule_status(INCREMENTAL_SCHEDULE, layout),
-        required_resource_keys={io_key},
-        description=(
-            f"Materializes today's partition of the {len(specs)} partitioned tables and the "
-            f"{lookback} day(s) before it in one run ({cron}, UTC)."
-        ),
+    description = (
+        f"Materializes today's partition of the {len(specs)} partitioned tables and the "
+        f"{lookback} day(s) before it in one run ({cron}, UTC)."
     )
-    def _schedule(
-        context: dg.ScheduleEvaluationContext, **_resources: object
-    ) -> dg.RunRequest | dg.SkipReason:
-        now = context.scheduled_execution_time or clock()
-        first, last = lookback_range(now, lookback, first_partition)
-        if last < first:
-            return dg.SkipReason(f"{last} is before the first partition ({first_partition})")
-        runnable, deferred = runnable_tables(context, getattr(context.resources, io_key), specs, now)
-        if not runnable:
-            return every_table_deferred(deferred)
-        days = day_keys(first, last)
-        busy = _busy_skip(context, [layout.key(t) for t in runnable], days, layout)
-        if busy:
-            return dg.SkipReason(f"a run of {', '.join(busy)} over {first}..{last} is still in flight")
-        return dg.RunRequest(
-            run_key=f"{name}:{first}..{last}@{now.astimezone(UTC).isoformat()}",
-            tags={**partition_range_tags(first, last), TRIGGER_TAG: name},
-            asset_selection=selection(runnable, deferred, layout),
-        )
-
-    return _schedule
+    return _incremental_schedule_def(job, scope, cron, lookback, description)
 
 
 def build_replace_schedule(
@@ -333,34 +423,40 @@ def build_replace_schedule(
     """The replace tables, whole, on their own cadence (daily by default)."""
     layout = layout or Layout()
     cron = _cron("OMNILOAD_REPLACE_CRON", cron, layout.automation.replace_cron, settings.replace_cron)
-    specs, name, io_key = layout.replace_tables(), layout.name(REPLACE_SCHEDULE), layout.name(IO_MANAGER_KEY)
+    specs = tuple(layout.shared_replace_tables())
+    scope = ScheduleScope(layout.name(REPLACE_SCHEDULE), specs, tuple(layout.replace_tables()), layout, clock)
+    description = f"Replaces {', '.join(t.name for t in specs)} whole ({cron}, UTC)."
+    return _replace_schedule_def(job, scope, cron, description)
 
-    @dg.schedule(
-        name=name,
-        cron_schedule=cron,
-        job_name=job.name,
-        execution_timezone="UTC",
-        default_status=schedule_status(REPLACE_SCHEDULE, layout),
-        required_resource_keys={io_key},
-        description=f"Replaces {', '.join(t.name for t in specs)} whole ({cron}, UTC).",
-    )
-    def _schedule(
-        context: dg.ScheduleEvaluationContext, **_resources: object
-    ) -> dg.RunRequest | dg.SkipReason:
-        now = context.scheduled_execution_time or clock()
-        runnable, deferred = runnable_tables(context, getattr(context.resources, io_key), specs, now)
-        if not runnable:
-            return every_table_deferred(deferred)
-        busy = _busy_skip(context, [layout.key(t) for t in runnable], None, layout)
-        if busy:
-            return dg.SkipReason(f"a run of {', '.join(busy)} is still in flight")
-        return dg.RunRequest(
-            run_key=f"{name}@{now.astimezone(UTC).isoformat()}",
-            tags={TRIGGER_TAG: name},
-            asset_selection=selection(runnable, deferred, layout),
+
+def table_schedule_name(spec: TableSpec, layout: Layout | None = None) -> str:
+    """The name of a table's own schedule: ``klaviyo_<asset_name>_schedule`` under the layout."""
+    return (layout or Layout()).name(f"{STEM}_{spec.asset_name}_schedule")
+
+
+def build_table_schedule(
+    jobs: KlaviyoJobs, spec: TableSpec, *, clock: Clock = utc_now, layout: Layout | None = None
+) -> dg.ScheduleDefinition | None:
+    """The schedule of one table with a cron or lookback of its own: the incremental job over today
+    and its lookback, or the replace job, with that table alone selected; None without that job."""
+    layout = layout or Layout()
+    own = layout.table_automation(spec)
+    name = table_schedule_name(spec, layout)
+    if spec.partitioned and jobs.incremental is not None:
+        cron = own.cron or layout.automation.incremental_cron or settings.schedule_cron()
+        lookback = _lookback(own.lookback_days, layout)
+        scope = ScheduleScope(name, (spec,), (), layout, clock)
+        description = (
+            f"Materializes today's partition of {spec.name} and the {lookback} day(s) before it "
+            f"in one run ({cron}, UTC)."
         )
-
-    return _schedule
+        return _incremental_schedule_def(jobs.incremental, scope, cron, lookback, description)
+    if not spec.partitioned and jobs.replace is not None and own.cron is not None:
+        scope = ScheduleScope(name, (spec,), (), layout, clock)
+        return _replace_schedule_def(
+            jobs.replace, scope, own.cron, f"Replaces {spec.name} whole ({own.cron}, UTC)."
+        )
+    return None
 
 
 def build_sweep_schedule(
@@ -396,13 +492,17 @@ def build_sweep_schedule(
 
 def build_schedules(jobs: KlaviyoJobs, layout: Layout | None = None) -> Sequence[dg.ScheduleDefinition]:
     """The schedules of the layout's jobs (three by default), configured from the layout and the
-    environment; none of the incremental and replace ones when the layout turns schedules off."""
+    environment: the shared incremental and replace ones over the tables they keep (none when the
+    layout turns schedules off), one per table with a cron or lookback of its own, the sweep's."""
     layout = layout or Layout()
     schedules: list[dg.ScheduleDefinition] = []
-    if layout.automation.schedules and jobs.incremental is not None:
+    if jobs.incremental is not None and layout.shared_incremental_tables():
         schedules.append(build_incremental_schedule(jobs.incremental, layout=layout))
-    if layout.automation.schedules and jobs.replace is not None:
+    if jobs.replace is not None and layout.shared_replace_tables():
         schedules.append(build_replace_schedule(jobs.replace, layout=layout))
+    for spec in layout.own_schedule_tables():
+        own = build_table_schedule(jobs, spec, layout=layout)
+        schedules += [own] if own is not None else []
     if jobs.sweep is not None:
         schedules.append(build_sweep_schedule(jobs.sweep, layout=layout))
     return schedules

@@ -67,7 +67,8 @@ class KlaviyoScaffolder(dg.Scaffolder[KlaviyoScaffoldParams]):
             "# Unset attributes come from the environment: OMNILOAD_START_DATE, OMNILOAD_ASSET_OWNERS...\n"
             "# Also: start_date, owners, tags, base_url, predictive_analytics, automation: {tables,\n"
             "# schedules, sensor, deletion_sweep, running, incremental_cron, replace_cron, sweep_cron,\n"
-            "# lookback_days, sensor_interval_s, sweep_tables}. Two components need two key_prefixes.\n"
+            "# lookback_days, sensor_interval_s, sweep_tables, per_table: {events: {cron, lookback_days,\n"
+            "# schedule, sensor}}}. Two components need two key_prefixes.\n"
         )
         target.mkdir(parents=True, exist_ok=True)
         (target / "defs.yaml").write_text(header + body, encoding="utf-8")

@@ -27,13 +27,34 @@ from omniload_assets.klaviyo.catalog import get_table
 from omniload_assets.klaviyo.client import DEFAULT_BASE_URL
 from omniload_assets.klaviyo.resource import KlaviyoResource
 from omniload_assets.klaviyo.sweep import sweepable
-from omniload_assets.layout import AUTOMATION_NAMES, STEM, Automation, Layout, parse_prefix
+from omniload_assets.layout import AUTOMATION_NAMES, STEM, Automation, Layout, TableAutomation, parse_prefix
 from omniload_assets.sensors import build_sensors
 from omniload_assets.settings import SettingsError
 from omniload_assets.warehouse.io_manager import KlaviyoDuckDBIOManager
 
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*", re.ASCII)
 _GROUP_NAME = re.compile(r"[A-Za-z0-9_]+", re.ASCII)
+
+
+class TableAutomationOptions(BaseModel):
+    """One table's overrides of its set's automation; unset keeps the set's choice."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    schedule: bool | None = Field(
+        default=None, description="false: left out of the shared schedules; true: in them even when off."
+    )
+    sensor: bool | None = Field(
+        default=None, description="false: the change sensor does not probe it; true: probed even when off."
+    )
+    cron: str | None = Field(
+        default=None, description="UTC cron of the table's own schedule (it leaves the shared one)."
+    )
+    lookback_days: int | None = Field(
+        default=None,
+        description="Days before today its own schedule reloads (partitioned tables only; it leaves "
+        "the shared schedule).",
+    )
 
 
 class AutomationOptions(BaseModel):
@@ -66,6 +87,11 @@ class AutomationOptions(BaseModel):
     )
     sweep_tables: list[str] | None = Field(
         default=None, description="Tables the deletion sweep lists; unset: OMNILOAD_SWEEP_TABLES."
+    )
+    per_table: dict[str, TableAutomationOptions] = Field(
+        default_factory=dict,
+        description="Per table (catalogue name): schedule and sensor on or off, its own cron and "
+        "lookback_days (a schedule of its own).",
     )
 
 
@@ -159,6 +185,44 @@ def _sweep_tables(raw: list[str] | None, covered: Sequence[str]) -> tuple[str, .
     return names
 
 
+def _table_automation(name: str, raw: TableAutomationOptions) -> TableAutomation:
+    """The overrides of table ``name`` checked (one-line :class:`SettingsError` naming the option)."""
+    label = f"automation.per_table.{name}"
+    spec = get_table(name)
+    if raw.lookback_days is not None and not spec.partitioned:
+        raise SettingsError(
+            f"{label}.lookback_days: {name} is replaced whole, so it has no lookback; use cron"
+        )
+    if raw.lookback_days is not None:
+        settings.parse_whole_number(
+            f"{label}.lookback_days", str(raw.lookback_days), 0, settings.MAX_LOOKBACK_DAYS, "days", "3"
+        )
+    cron = None if raw.cron is None else settings.parse_cron(f"{label}.cron", raw.cron, example="0 * * * *")
+    if raw.schedule is False and (cron is not None or raw.lookback_days is not None):
+        raise SettingsError(f"{label}: schedule is false, so it takes no cron or lookback_days")
+    if raw.sensor and not spec.partitioned:
+        raise SettingsError(
+            f"{label}.sensor: {name} is replaced whole; the change sensor watches partitioned tables"
+        )
+    return TableAutomation(raw.schedule, raw.sensor, cron, raw.lookback_days)
+
+
+def _per_table(raw: dict[str, TableAutomationOptions], covered: Sequence[str]) -> dict[str, TableAutomation]:
+    """``automation.per_table`` by catalogue name (``list_profiles`` or ``list-profiles``), checked."""
+    found: dict[str, TableAutomation] = {}
+    for given, options in raw.items():
+        name = given.strip().lower().replace("_", "-")
+        if name not in covered:
+            raise SettingsError(
+                f"automation.per_table: {given!r} is not a table the automation covers; use names from: "
+                f"{', '.join(covered)}"
+            )
+        if name in found:
+            raise SettingsError(f"automation.per_table: {name} is given twice")
+        found[name] = _table_automation(name, options)
+    return found
+
+
 def resolve_automation(options: AutomationOptions, tables: Sequence[str], stem: str) -> Automation:
     """The automation of ``options`` checked, for a layout of ``tables`` (names)."""
     covered = tables if options.tables is None else _tables(options.tables, "automation.tables")
@@ -189,6 +253,7 @@ def resolve_automation(options: AutomationOptions, tables: Sequence[str], stem: 
         lookback_days=lookback,
         sensor_interval_s=interval,
         sweep_tables=_sweep_tables(options.sweep_tables, covered),
+        per_table=_per_table(options.per_table, covered),
         **crons,
     )
 

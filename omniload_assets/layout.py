@@ -42,6 +42,24 @@ def parse_prefix(raw: str | Sequence[str], name: str = "key_prefix") -> tuple[st
 
 
 @dataclass(frozen=True)
+class TableAutomation:
+    """One table's overrides of its set's automation; ``None`` keeps the set's choice."""
+
+    #: False: left out of the shared schedules; True: in them even when the set's are off.
+    schedule: bool | None = None
+    #: False: the change sensor does not probe it; True: probed even when the set's sensor is off.
+    sensor: bool | None = None
+    #: A UTC cron of the table's own schedule (it leaves the shared one).
+    cron: str | None = None
+    #: Days before today the table's own schedule reloads (partitioned tables only).
+    lookback_days: int | None = None
+
+    def has_own_schedule(self, spec: TableSpec) -> bool:
+        """Whether ``spec`` leaves the shared schedule for one of its own (a cron, or a lookback)."""
+        return self.cron is not None or (spec.partitioned and self.lookback_days is not None)
+
+
+@dataclass(frozen=True)
 class Automation:
     """What keeps a layout's tables current; ``None`` reads the environment variable named."""
 
@@ -60,6 +78,8 @@ class Automation:
     sensor_interval_s: int | None = None  # OMNILOAD_SENSOR_INTERVAL
     #: Tables the deletion sweep lists (None: OMNILOAD_SWEEP_TABLES, within the covered tables).
     sweep_tables: tuple[str, ...] | None = None
+    #: Catalogue name -> that table's overrides (schedule, sensor, cron, lookback).
+    per_table: Mapping[str, TableAutomation] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -117,6 +137,38 @@ class Layout:
     def replace_tables(self) -> list[TableSpec]:
         """The covered tables replaced whole on every run."""
         return [t for t in self.automated() if not t.partitioned]
+
+    def table_automation(self, spec: TableSpec) -> TableAutomation:
+        """The overrides of ``spec`` (none: the set's choices)."""
+        return self.automation.per_table.get(spec.name, TableAutomation())
+
+    def in_shared_schedule(self, spec: TableSpec) -> bool:
+        """Whether the shared (incremental or replace) schedule requests ``spec``."""
+        own = self.table_automation(spec)
+        if own.has_own_schedule(spec):
+            return False
+        return self.automation.schedules if own.schedule is None else own.schedule
+
+    def shared_incremental_tables(self) -> list[TableSpec]:
+        """The partitioned tables the shared incremental schedule requests."""
+        return [t for t in self.incremental_tables() if self.in_shared_schedule(t)]
+
+    def shared_replace_tables(self) -> list[TableSpec]:
+        """The replace tables the shared replace schedule requests."""
+        return [t for t in self.replace_tables() if self.in_shared_schedule(t)]
+
+    def own_schedule_tables(self) -> list[TableSpec]:
+        """The covered tables with a schedule of their own (a per-table cron or lookback)."""
+        return [t for t in self.automated() if self.table_automation(t).has_own_schedule(t)]
+
+    def sensed_tables(self) -> list[TableSpec]:
+        """The partitioned tables the change sensor probes."""
+        chosen = self.automation.sensor
+        return [
+            t
+            for t in self.incremental_tables()
+            if (chosen if (own := self.table_automation(t).sensor) is None else own)
+        ]
 
     def sweep_tables(self) -> list[str]:
         """The tables the deletion sweep lists: none without it, else the chosen ones among those covered."""

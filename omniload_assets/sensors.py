@@ -15,6 +15,8 @@ partition is requested twice while a run for it is in progress. A table whose en
 in DuckDB (a daily quota exhausted, a long outage: :mod:`omniload_assets.warehouse.checkpoints`) is
 not probed at all until then, mark kept.
 
+A table whose per-table ``sensor`` is false (``automation.per_table``) is never probed.
+
 A late event whose ``datetime`` lies before the mark is not seen here; the schedule's lookback
 catches it.
 """
@@ -227,10 +229,10 @@ def build_change_sensor(
     clock: Clock = utc_now,
     layout: Layout | None = None,
 ) -> dg.SensorDefinition:
-    """One sensor over every partitioned table the layout's automation covers (default: the catalogue's)."""
+    """One sensor over the covered partitioned tables but those whose per-table ``sensor`` is false."""
     layout = layout or Layout()
     specs, first_partition, name = (
-        layout.incremental_tables(),
+        layout.sensed_tables(),
         layout.first_partition(),
         layout.name(CHANGE_SENSOR),
     )
@@ -284,8 +286,8 @@ def build_change_sensor(
 
 def build_sensors(job: AssetJob | None, layout: Layout | None = None) -> list[dg.SensorDefinition]:
     """The change sensor over the incremental ``job``; none without that job or when the layout
-    turns the sensor off."""
+    leaves it no table to probe (the sensor off, or off for every table)."""
     layout = layout or Layout()
-    if job is None or not layout.automation.sensor:
+    if job is None or not layout.sensed_tables():
         return []
     return [build_change_sensor(job, layout=layout)]
