@@ -21,6 +21,7 @@ import pytest
 
 from omniload_assets.assets import asset_key
 from omniload_assets.klaviyo.catalog import get_table
+from omniload_assets.klaviyo.windows import TimeWindow
 from omniload_assets.runner import partition_range_tags
 from omniload_assets.warehouse.checkpoints import DEFERRALS_TABLE
 from omniload_assets.warehouse.reads import qualified_name
@@ -107,25 +108,6 @@ def test_a_run_failing_part_way_commits_complete_stretches_and_the_same_run_resu
     assert again.success
     meta = again.asset_materializations_for_node(again.all_node_events[0].node_name)[-1].metadata
     assert meta["resumed"].value is False
-
-
-def test_a_quota_429_commits_what_is_complete_and_defers_the_endpoint(
-    defs, simulator: KlaviyoSimulator, db_path, instance, every_page
-) -> None:
-    pages = len(simulator.ids("events")) // 50
-    simulator.set_fault("429", rate=1.0, after=pages // 2, retry_after=7200)
-    result = materialize_events(defs, instance, failing_resources(defs))
-    assert not result.success
-    failure = result.get_step_failure_events()[0].event_specific_data.error
-    message = str(failure.cause.message if failure.cause else failure.message)
-    assert "until about" in message and "resumes" in message, message
-    assert ledger(db_path)
-    with duckdb.connect(str(db_path), read_only=True) as conn:
-        (source, until), *_ = conn.execute(
-            f"SELECT source, until FROM {qualified_name(conn, 'klaviyo', DEFERRALS_TABLE)}"
-        ).fetchall()
-    assert source == "events"
-    assert until > datetime.now(UTC) + timedelta(hours=1, minutes=55)
 
 
 def test_no_resume_fetches_everything(
@@ -252,6 +234,12 @@ def test_dagster_asset_materialize_out_of_quota_reports_committed_days_and_resum
     assert failed.returncode != 0
     assert "days are committed and the same run resumes from them" in failed.stderr
     assert "schedules and the sensor wait until" in failed.stderr
+    with duckdb.connect(str(db_path), read_only=True) as conn:
+        (source, until), *_ = conn.execute(
+            f"SELECT source, until FROM {qualified_name(conn, 'klaviyo', DEFERRALS_TABLE)}"
+        ).fetchall()
+    assert source == "events"
+    assert until > datetime.now(UTC) + timedelta(hours=1, minutes=55)  # the quota's 7,200 s
     committed = joined(ledger(db_path))
     committed_days = {
         d
@@ -304,18 +292,26 @@ def day_bounds(iso: str) -> tuple[datetime, datetime]:
 
 
 def test_checkpoints_older_than_the_max_age_are_not_resumed_from(
-    defs, simulator: KlaviyoSimulator, db_path, instance, every_page, monkeypatch: pytest.MonkeyPatch
+    defs, db_path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    pages = len(simulator.ids("events")) // 50
-    simulator.set_fault("503", rate=1.0, after=pages // 2)
-    assert not materialize_events(defs, instance, failing_resources(defs)).success
-    assert ledger(db_path)
-    simulator.clear_faults()
-    monkeypatch.setenv("OMNILOAD_CHECKPOINT_MAX_AGE_H", "0")
-    result = materialize_events(defs, instance, failing_resources(defs))
-    assert result.success
-    op = defs.get_assets_def(asset_key(EVENTS)).op.name
-    assert result.asset_materializations_for_node(op)[-1].metadata["resumed"].value is False
+    """Stretches committed 30 h ago are ignored at the default 24 h, and kept when 48 h is allowed."""
+    from omniload_assets.checkpointing import plan_resume
+    from omniload_assets.warehouse.checkpoints import record_stretches
+    from omniload_assets.warehouse.connection import open_database
+    from omniload_assets.warehouse.writer import transaction
+
+    window = TimeWindow(SIM_START, SIM_END)
+    old = TimeWindow(SIM_START, SIM_START + timedelta(days=3))
+    warehouse = defs.resources["klaviyo_duckdb"]
+    db_path.parent.mkdir(parents=True, exist_ok=True)
+    with open_database(str(db_path)) as conn, transaction(conn):
+        record_stretches(
+            conn, "klaviyo", "events", window, [old], "run-1", now=datetime.now(UTC) - timedelta(hours=30)
+        )
+    assert plan_resume(warehouse, EVENTS, window, resume=True).done == []
+    monkeypatch.setenv("OMNILOAD_CHECKPOINT_MAX_AGE_H", "48")
+    assert plan_resume(warehouse, EVENTS, window, resume=True).done == [old]
+    assert plan_resume(warehouse, EVENTS, window, resume=False).done == []
 
 
 def test_no_resume_reaches_every_partitioned_asset_of_the_cli_run(defs) -> None:
