@@ -348,49 +348,51 @@ def replace_tick(
     )
 
 
+Tick = Callable[[dg.ScheduleEvaluationContext], "dg.RunRequest | dg.SkipReason"]
+
+
+def _schedule_def(
+    job: AssetJob, scope: ScheduleScope, cron: str, description: str, kind: str, tick: Tick
+) -> dg.ScheduleDefinition:
+    """A schedule of ``job`` named ``scope.name`` whose ticks are ``tick``; ``kind`` (the shared
+    schedule's default name) says whether ``OMNILOAD_AUTOMATION`` starts it RUNNING."""
+
+    @dg.schedule(
+        name=scope.name,
+        cron_schedule=cron,
+        job_name=job.name,
+        execution_timezone="UTC",
+        default_status=schedule_status(kind, scope.layout),
+        required_resource_keys={scope.layout.name(IO_MANAGER_KEY)},
+        description=description,
+    )
+    def _schedule(
+        context: dg.ScheduleEvaluationContext, **_resources: object
+    ) -> dg.RunRequest | dg.SkipReason:
+        return tick(context)
+
+    return _schedule
+
+
 def _incremental_schedule_def(
     job: AssetJob, scope: ScheduleScope, cron: str, lookback: int, description: str
 ) -> dg.ScheduleDefinition:
     """A schedule of ``job`` whose ticks are :func:`incremental_tick` over ``scope``."""
     first_partition = scope.layout.first_partition()
 
-    @dg.schedule(
-        name=scope.name,
-        cron_schedule=cron,
-        job_name=job.name,
-        execution_timezone="UTC",
-        default_status=schedule_status(INCREMENTAL_SCHEDULE, scope.layout),
-        required_resource_keys={scope.layout.name(IO_MANAGER_KEY)},
-        description=description,
-    )
-    def _schedule(
-        context: dg.ScheduleEvaluationContext, **_resources: object
-    ) -> dg.RunRequest | dg.SkipReason:
+    def tick(context: dg.ScheduleEvaluationContext) -> dg.RunRequest | dg.SkipReason:
         return incremental_tick(context, scope, lookback, first_partition)
 
-    return _schedule
+    return _schedule_def(job, scope, cron, description, INCREMENTAL_SCHEDULE, tick)
 
 
 def _replace_schedule_def(
     job: AssetJob, scope: ScheduleScope, cron: str, description: str
 ) -> dg.ScheduleDefinition:
     """A schedule of ``job`` whose ticks are :func:`replace_tick` over ``scope``."""
-
-    @dg.schedule(
-        name=scope.name,
-        cron_schedule=cron,
-        job_name=job.name,
-        execution_timezone="UTC",
-        default_status=schedule_status(REPLACE_SCHEDULE, scope.layout),
-        required_resource_keys={scope.layout.name(IO_MANAGER_KEY)},
-        description=description,
+    return _schedule_def(
+        job, scope, cron, description, REPLACE_SCHEDULE, lambda context: replace_tick(context, scope)
     )
-    def _schedule(
-        context: dg.ScheduleEvaluationContext, **_resources: object
-    ) -> dg.RunRequest | dg.SkipReason:
-        return replace_tick(context, scope)
-
-    return _schedule
 
 
 def build_incremental_schedule(

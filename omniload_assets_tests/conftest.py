@@ -65,6 +65,20 @@ def instance() -> Iterator[dg.DagsterInstance]:
         yield inst
 
 
+@pytest.fixture(scope="module")
+def module_instance() -> Iterator[dg.DagsterInstance]:
+    """build_sensor_context / build_schedule_context need a persistent instance (slow to create)."""
+    with dg.instance_for_test() as inst:
+        yield inst
+
+
+@pytest.fixture
+def persistent_instance(module_instance: dg.DagsterInstance) -> dg.DagsterInstance:
+    """The module's instance, emptied of the runs earlier tests left."""
+    module_instance.wipe()
+    return module_instance
+
+
 def table_ids(db_path: Path, table: str) -> list[str]:
     """Every id in ``klaviyo.<table>`` (duplicates kept, so callers can check for them)."""
     with duckdb.connect(str(db_path), read_only=True) as conn:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -39,20 +38,6 @@ from omniload_assets_tests.simulator import KlaviyoSimulator
 #: A mix of every way the sensor asks: sort+filter (GE, GT-only, GT/LT), filter variants, full listing.
 WATCHED = ("events", "profiles", "campaigns", "lists", "metrics", "catalog-items")
 LAST_DAY = (SIM_END - timedelta(days=1)).date()
-
-
-@pytest.fixture(scope="module")
-def module_instance() -> Iterator[dg.DagsterInstance]:
-    """build_sensor_context / build_schedule_context need a persistent instance (slow to create)."""
-    with dg.instance_for_test() as inst:
-        yield inst
-
-
-@pytest.fixture
-def persistent_instance(module_instance: dg.DagsterInstance) -> dg.DagsterInstance:
-    """The module's instance, emptied of the runs earlier tests left."""
-    module_instance.wipe()
-    return module_instance
 
 
 def tick(defs: dg.Definitions, instance: dg.DagsterInstance, cursor: str | None) -> dg.SensorResult:

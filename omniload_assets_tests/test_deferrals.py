@@ -5,13 +5,11 @@ from __future__ import annotations
 import logging
 import subprocess
 import sys
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import dagster as dg
 import duckdb
-import pytest
 
 from omniload_assets.assets import IO_MANAGER_KEY, asset_key
 from omniload_assets.automation import TRIGGER_TAG, incremental_tables, replace_tables
@@ -26,19 +24,6 @@ from omniload_assets_tests.simulator import KlaviyoSimulator
 
 AT = datetime(2024, 1, 10, 7, 0, tzinfo=UTC)
 LAST_DAY = (SIM_END - timedelta(days=1)).date()
-
-
-@pytest.fixture(scope="module")
-def module_instance() -> Iterator[dg.DagsterInstance]:
-    """build_sensor_context / build_schedule_context need a persistent instance (slow to create)."""
-    with dg.instance_for_test() as inst:
-        yield inst
-
-
-@pytest.fixture
-def persistent_instance(module_instance: dg.DagsterInstance) -> dg.DagsterInstance:
-    module_instance.wipe()
-    return module_instance
 
 
 class Captured(logging.Handler):

@@ -3,7 +3,6 @@ out of the shared schedules or of the change sensor; bad overrides fail with one
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -32,19 +31,6 @@ PER_TABLE = {
     "lists": {"schedule": False},
     "coupons": {"cron": "0 5 * * *"},
 }
-
-
-@pytest.fixture(scope="module")
-def module_instance() -> Iterator[dg.DagsterInstance]:
-    """build_schedule_context / build_sensor_context need a persistent instance (slow to create)."""
-    with dg.instance_for_test() as inst:
-        yield inst
-
-
-@pytest.fixture
-def persistent_instance(module_instance: dg.DagsterInstance) -> dg.DagsterInstance:
-    module_instance.wipe()
-    return module_instance
 
 
 @pytest.fixture
